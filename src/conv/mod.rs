@@ -1,0 +1,214 @@
+//! The convolution plan [`Conv2d`] and its three passes.
+//!
+//! | pass | math | module |
+//! |---|---|---|
+//! | forward | `y = W · im2col(x) + b` | [`forward`] |
+//! | input delta | `dx = col2im(Wᵀ · dy)` | [`backward_data`] |
+//! | weight gradient | `dW = Σ_n dy · im2col(x)ᵀ`, `db = Σ dy` | [`backward_weights`] |
+//!
+//! One GEMM per image, group and pixel tile, with matrixmultiply's cache-blocked kernels.
+
+mod backward_data;
+mod backward_weights;
+mod forward;
+
+use crate::element::Element;
+use crate::error::ConvError;
+use crate::shape::{Conv2dSpec, ConvGeometry};
+
+/// One of the three passes of a convolution layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pass {
+    /// [`Conv2d::forward`].
+    Forward,
+    /// [`Conv2d::backward_data`].
+    BackwardData,
+    /// [`Conv2d::backward_weights`].
+    BackwardWeights,
+}
+
+/// The scratch memory one call of a pass allocates (see [`Conv2d::workspace`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workspace {
+    /// Bytes of the column buffer each worker task holds (the im2col / col2im tile):
+    /// bounded by about 1 MiB for layers up to 1 MiB per 16 output pixels, 0 for pointwise
+    /// layers, which need none.
+    pub column_bytes_per_task: usize,
+    /// Bytes of the weight-gradient partial sums ([`Pass::BackwardWeights`] only): at most 8
+    /// buffers of `K·(C/groups)·R·S + K` elements.
+    pub partial_bytes: usize,
+}
+
+/// A validated 2-D convolution plan: build it once per layer shape, call its passes many
+/// times.
+///
+/// `Conv2d` is `Send + Sync` and cheap to share (a few dozen words, no buffers). Each call
+/// checks only the lengths of the buffers it is given; everything else was validated by
+/// [`Conv2d::new`]. Calls run in the caller's rayon pool (the global one unless the caller
+/// installs another) and allocate only bounded per-task column buffers: at most about
+/// 1 MiB of column tile per task, plus, for [`Conv2d::backward_weights`], up to 8
+/// weight-sized partial sums. Results are bit-identical whatever the number of threads.
+///
+/// ```
+/// use convgemm::{Conv2d, Conv2dSpec};
+/// let conv = Conv2d::new(Conv2dSpec { batch: 2, in_channels: 3, in_h: 8, in_w: 8,
+///     out_channels: 4, kernel: [3, 3], padding: [1, 1], ..Default::default() })?;
+/// let [n, k, p, q] = conv.output_dims();
+/// let x = vec![1.0f32; 2 * 3 * 8 * 8];
+/// let w = vec![0.5f32; conv.weight_dims().iter().product()];
+/// let mut y = vec![0.0f32; n * k * p * q];
+/// conv.forward(&x, &w, None, &mut y)?;
+/// assert_eq!(y[(0 * k + 0) * p * q + 1 * q + 1], 0.5 * 27.0); // an interior pixel: 3·3·3 taps
+/// # Ok::<(), convgemm::ConvError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    spec: Conv2dSpec,
+    geo: ConvGeometry,
+}
+
+impl Conv2d {
+    /// Validates `spec` and builds the plan.
+    ///
+    /// # Errors
+    /// [`ConvError::ZeroSize`] for a zero size, stride, dilation or groups;
+    /// [`ConvError::GroupsMismatch`] when groups does not divide both channel counts;
+    /// [`ConvError::KernelTooLarge`] when the dilated kernel exceeds the padded input;
+    /// [`ConvError::TooLarge`] when a buffer size overflows or exceeds `isize::MAX` bytes.
+    pub fn new(spec: Conv2dSpec) -> Result<Conv2d, ConvError> {
+        let geo = ConvGeometry::new(&spec)?;
+        Ok(Conv2d { spec, geo })
+    }
+
+    /// The spec this plan was built from.
+    pub fn spec(&self) -> &Conv2dSpec {
+        &self.spec
+    }
+
+    /// Output dimensions `[N, K, P, Q]`.
+    pub fn output_dims(&self) -> [usize; 4] {
+        [
+            self.geo.batch,
+            self.geo.out_channels,
+            self.geo.h.output,
+            self.geo.w.output,
+        ]
+    }
+
+    /// Weight dimensions `[K, C / groups, R, S]`.
+    pub fn weight_dims(&self) -> [usize; 4] {
+        [
+            self.geo.out_channels,
+            self.geo.channels_per_group,
+            self.geo.h.kernel,
+            self.geo.w.kernel,
+        ]
+    }
+
+    /// Input dimensions `[N, C, H, W]`.
+    pub fn input_dims(&self) -> [usize; 4] {
+        [
+            self.geo.batch,
+            self.geo.in_channels,
+            self.geo.h.input,
+            self.geo.w.input,
+        ]
+    }
+
+    /// Floating-point operations of one pass, `2·N·K·(C/groups)·R·S·P·Q` (the same count
+    /// for all three passes; bias excluded).
+    pub fn flops(&self) -> u64 {
+        self.geo.flops()
+    }
+
+    /// The scratch memory one call of `pass` allocates with element type `T`.
+    pub fn workspace<T: Element>(&self, pass: Pass) -> Workspace {
+        let elem = size_of::<T>();
+        let (col, partials) = match pass {
+            Pass::Forward => (forward::column_buffer_len(&self.geo, elem), 0),
+            Pass::BackwardData => (backward_data::column_buffer_len(&self.geo, elem), 0),
+            Pass::BackwardWeights => (
+                backward_weights::column_buffer_len(&self.geo, elem),
+                backward_weights::partial_count(&self.geo, elem)
+                    * (self.geo.w_len + self.geo.out_channels),
+            ),
+        };
+        Workspace {
+            column_bytes_per_task: col * elem,
+            partial_bytes: partials * elem,
+        }
+    }
+
+    /// Forward pass: `y = conv2d(x, w) + bias`.
+    ///
+    /// - `x`: input, `N·C·H·W`;
+    /// - `w`: weights, `K·(C/groups)·R·S`;
+    /// - `bias`: `K` values added to every pixel of each output channel, or `None`;
+    /// - `y`: output, `N·K·P·Q`, overwritten.
+    ///
+    /// # Errors
+    /// [`ConvError::BufferLength`] if a buffer has the wrong length.
+    pub fn forward<T: Element>(
+        &self,
+        x: &[T],
+        w: &[T],
+        bias: Option<&[T]>,
+        y: &mut [T],
+    ) -> Result<(), ConvError> {
+        self.geo.check_x("x", x.len())?;
+        self.geo.check_w("w", w.len())?;
+        if let Some(b) = bias {
+            self.geo.check_bias("bias", b.len())?;
+        }
+        self.geo.check_y("y", y.len())?;
+        forward::forward(&self.geo, x, w, bias, y);
+        Ok(())
+    }
+
+    /// Input delta: `dx = col2im(Wᵀ · dy)`, the gradient of the loss with respect to `x`.
+    ///
+    /// - `dy`: gradient with respect to the output, `N·K·P·Q`;
+    /// - `w`: weights, `K·(C/groups)·R·S`;
+    /// - `dx`: `N·C·H·W`, overwritten.
+    ///
+    /// # Errors
+    /// [`ConvError::BufferLength`] if a buffer has the wrong length.
+    pub fn backward_data<T: Element>(
+        &self,
+        dy: &[T],
+        w: &[T],
+        dx: &mut [T],
+    ) -> Result<(), ConvError> {
+        self.geo.check_y("dy", dy.len())?;
+        self.geo.check_w("w", w.len())?;
+        self.geo.check_x("dx", dx.len())?;
+        backward_data::backward_data(&self.geo, dy, w, dx);
+        Ok(())
+    }
+
+    /// Weight gradient: `dw = Σ_n dy · im2col(x)ᵀ` and, if given, `db = Σ_{n,p,q} dy`.
+    ///
+    /// - `x`: input, `N·C·H·W`;
+    /// - `dy`: gradient with respect to the output, `N·K·P·Q`;
+    /// - `dw`: `K·(C/groups)·R·S`, overwritten;
+    /// - `db`: `K`, overwritten, or `None`.
+    ///
+    /// # Errors
+    /// [`ConvError::BufferLength`] if a buffer has the wrong length.
+    pub fn backward_weights<T: Element>(
+        &self,
+        x: &[T],
+        dy: &[T],
+        dw: &mut [T],
+        db: Option<&mut [T]>,
+    ) -> Result<(), ConvError> {
+        self.geo.check_x("x", x.len())?;
+        self.geo.check_y("dy", dy.len())?;
+        self.geo.check_w("dw", dw.len())?;
+        if let Some(b) = &db {
+            self.geo.check_bias("db", b.len())?;
+        }
+        backward_weights::backward_weights(&self.geo, x, dy, dw, db);
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! A safe, bounds-checked wrapper over matrixmultiply's strided GEMM.
+//!
+//! The passes describe each operand as a [`MatRef`] / [`MatMut`]: a slice plus rows,
+//! columns and strides (in elements). [`gemm`] checks once per call that every addressed
+//! element lies inside its slice, then hands raw pointers to the cache-blocked kernel.
+//! Transposes are expressed by swapping strides, never by copying.
+
+use crate::element::Element;
+
+/// Number of elements a strided `rows × cols` view can touch, counted from its start.
+#[inline]
+fn span(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * row_stride + (cols - 1) * col_stride + 1
+    }
+}
+
+/// A read-only strided matrix view: element `(i, j)` is `data[i·row_stride + j·col_stride]`.
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// A row-major view whose rows are `row_stride` apart.
+    pub(crate) fn row_major(data: &'a [T], rows: usize, cols: usize, row_stride: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of this view (no copy: the strides swap).
+    pub(crate) fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+}
+
+/// A writable strided matrix view, as [`MatRef`].
+pub(crate) struct MatMut<'a, T> {
+    pub data: &'a mut [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a, T> MatMut<'a, T> {
+    /// A row-major view whose rows are `row_stride` apart.
+    pub(crate) fn row_major(
+        data: &'a mut [T],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Self {
+        MatMut {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+}
+
+/// `c = alpha · a · b + beta · c`. If `beta` is zero, `c` is not read (it may hold garbage).
+///
+/// Panics if the shapes disagree or a view addresses elements outside its slice: both are
+/// bugs in this crate, never reachable from a validated plan.
+pub(crate) fn gemm<T: Element>(
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T,
+    c: MatMut<'_, T>,
+) {
+    assert!(
+        a.rows == c.rows && a.cols == b.rows && b.cols == c.cols,
+        "gemm shape mismatch: a {}x{}, b {}x{}, c {}x{}",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols,
+        c.rows,
+        c.cols
+    );
+    assert!(
+        span(a.rows, a.cols, a.row_stride, a.col_stride) <= a.data.len(),
+        "gemm: a out of bounds"
+    );
+    assert!(
+        span(b.rows, b.cols, b.row_stride, b.col_stride) <= b.data.len(),
+        "gemm: b out of bounds"
+    );
+    assert!(
+        span(c.rows, c.cols, c.row_stride, c.col_stride) <= c.data.len(),
+        "gemm: c out of bounds"
+    );
+    // Distinct elements of c must not share an address, or the result would depend on
+    // write order: one stride must step over the whole extent of the other.
+    debug_assert!(
+        c.rows <= 1
+            || c.cols <= 1
+            || c.row_stride >= c.cols * c.col_stride
+            || c.col_stride >= c.rows * c.row_stride
+    );
+    if c.rows == 0 || c.cols == 0 {
+        return;
+    }
+    // SAFETY: the asserts above prove every element addressed through the three views lies
+    // inside its slice; `c` is a unique borrow, so it cannot overlap `a` or `b`. Strides are
+    // at most the slice lengths, which are at most isize::MAX, so the casts are lossless.
+    unsafe {
+        T::gemm_raw(
+            c.rows,
+            a.cols,
+            c.cols,
+            alpha,
+            a.data.as_ptr(),
+            a.row_stride as isize,
+            a.col_stride as isize,
+            b.data.as_ptr(),
+            b.row_stride as isize,
+            b.col_stride as isize,
+            beta,
+            c.data.as_mut_ptr(),
+            c.row_stride as isize,
+            c.col_stride as isize,
+        )
+    }
+}

@@ -1,0 +1,165 @@
+//! im2col and col2im: the lowering that turns a convolution into a GEMM.
+//!
+//! For one image and one group, the column matrix `col` has `(C/groups)·R·S` rows, one per
+//! (channel `c`, kernel tap `r`, `s`), and one column per output pixel `(p, q)`:
+//!
+//! ```text
+//! col[(c·R + r)·S + s][p·Q + q] = x[c][p·stride_h + r·dil_h − pad_h][q·stride_w + s·dil_w − pad_w]
+//! ```
+//!
+//! (zero where the index falls into the padding). The passes build it one *pixel tile* at
+//! a time: output pixels `pix0 .. pix0 + len` in row-major `(p, q)` order, so the column
+//! buffer stays bounded whatever the image size.
+//!
+//! `col2im` is the adjoint: it scatter-adds a column tile back into the input planes,
+//! summing the overlapping windows. Both walk each row as contiguous runs of one output
+//! row: padding is filled by ranges, stride-1 runs are slice copies / vector adds, and
+//! there are no per-element bounds checks in the inner loop.
+
+use crate::element::Element;
+use crate::shape::ConvGeometry;
+
+/// One contiguous run of a column-matrix row: output pixels of a single output row `oh`,
+/// columns `ow0..ow1`, stored at `dst_offset..` within the tile row.
+struct Run {
+    oh: usize,
+    ow0: usize,
+    ow1: usize,
+    dst_offset: usize,
+}
+
+/// Splits the pixel tile `pix0..pix0 + len` into runs that each lie in one output row.
+#[inline]
+fn runs(out_w: usize, pix0: usize, len: usize) -> impl Iterator<Item = Run> {
+    let end = pix0 + len;
+    let mut pix = pix0;
+    std::iter::from_fn(move || {
+        if pix >= end {
+            return None;
+        }
+        let oh = pix / out_w;
+        let ow0 = pix % out_w;
+        let ow1 = out_w.min(ow0 + (end - pix));
+        let run = Run {
+            oh,
+            ow0,
+            ow1,
+            dst_offset: pix - pix0,
+        };
+        pix += ow1 - ow0;
+        Some(run)
+    })
+}
+
+/// Fills the column tile for output pixels `pix0 .. pix0 + len`.
+///
+/// - `x_planes`: `c_count` input planes, `c_count·H·W` elements (one group's channels, or
+///   a channel block of it);
+/// - `col`: `(c_count·R·S) × len`, row-major, fully overwritten.
+pub(crate) fn im2col<T: Element>(
+    geo: &ConvGeometry,
+    x_planes: &[T],
+    pix0: usize,
+    len: usize,
+    col: &mut [T],
+) {
+    let (in_w, out_w) = (geo.w.input, geo.w.output);
+    let stride_w = geo.w.stride;
+    for (c, plane) in x_planes.chunks_exact(geo.in_plane).enumerate() {
+        for r in 0..geo.h.kernel {
+            let (oh_lo, oh_hi) = geo.h.valid_outputs(r);
+            for s in 0..geo.w.kernel {
+                let (ow_lo, ow_hi) = geo.w.valid_outputs(s);
+                let row_index = (c * geo.h.kernel + r) * geo.w.kernel + s;
+                let dst = &mut col[row_index * len..][..len];
+                for run in runs(out_w, pix0, len) {
+                    let seg = &mut dst[run.dst_offset..][..run.ow1 - run.ow0];
+                    if run.oh < oh_lo || run.oh >= oh_hi {
+                        seg.fill(T::ZERO);
+                        continue;
+                    }
+                    let a = ow_lo.clamp(run.ow0, run.ow1);
+                    let b = ow_hi.clamp(a, run.ow1);
+                    let (head, rest) = seg.split_at_mut(a - run.ow0);
+                    let (mid, tail) = rest.split_at_mut(b - a);
+                    head.fill(T::ZERO);
+                    tail.fill(T::ZERO);
+                    if mid.is_empty() {
+                        continue;
+                    }
+                    let ih = geo.h.input_index(run.oh, r);
+                    let iw0 = geo.w.input_index(a, s);
+                    let src = &plane[ih * in_w..][..in_w];
+                    gather(mid, &src[iw0..], stride_w);
+                }
+            }
+        }
+    }
+}
+
+/// Scatter-adds the column tile of output pixels `pix0 .. pix0 + len` into the input
+/// planes (the adjoint of [`im2col`]).
+///
+/// - `col`: `(c_count·R·S) × len`, row-major;
+/// - `dx_planes`: `c_count·H·W` elements, accumulated into (the caller zeroes them once).
+pub(crate) fn col2im<T: Element>(
+    geo: &ConvGeometry,
+    col: &[T],
+    pix0: usize,
+    len: usize,
+    dx_planes: &mut [T],
+) {
+    let (in_w, out_w) = (geo.w.input, geo.w.output);
+    let stride_w = geo.w.stride;
+    for (c, plane) in dx_planes.chunks_exact_mut(geo.in_plane).enumerate() {
+        for r in 0..geo.h.kernel {
+            let (oh_lo, oh_hi) = geo.h.valid_outputs(r);
+            for s in 0..geo.w.kernel {
+                let (ow_lo, ow_hi) = geo.w.valid_outputs(s);
+                let row_index = (c * geo.h.kernel + r) * geo.w.kernel + s;
+                let src_row = &col[row_index * len..][..len];
+                for run in runs(out_w, pix0, len) {
+                    if run.oh < oh_lo || run.oh >= oh_hi {
+                        continue;
+                    }
+                    let a = ow_lo.clamp(run.ow0, run.ow1);
+                    let b = ow_hi.clamp(a, run.ow1);
+                    if a == b {
+                        continue;
+                    }
+                    let ih = geo.h.input_index(run.oh, r);
+                    let iw0 = geo.w.input_index(a, s);
+                    let src = &src_row[run.dst_offset + (a - run.ow0)..][..b - a];
+                    let dst = &mut plane[ih * in_w..][..in_w];
+                    scatter_add(&mut dst[iw0..], src, stride_w);
+                }
+            }
+        }
+    }
+}
+
+/// `dst[j] = src[j·stride]` for every `j` in `dst`.
+#[inline]
+fn gather<T: Element>(dst: &mut [T], src: &[T], stride: usize) {
+    if stride == 1 {
+        dst.copy_from_slice(&src[..dst.len()]);
+    } else {
+        for (d, s) in dst.iter_mut().zip(src.iter().step_by(stride)) {
+            *d = *s;
+        }
+    }
+}
+
+/// `dst[j·stride] += src[j]` for every `j` in `src`.
+#[inline]
+fn scatter_add<T: Element>(dst: &mut [T], src: &[T], stride: usize) {
+    if stride == 1 {
+        for (d, s) in dst[..src.len()].iter_mut().zip(src) {
+            *d += *s;
+        }
+    } else {
+        for (d, s) in dst.iter_mut().step_by(stride).zip(src) {
+            *d += *s;
+        }
+    }
+}

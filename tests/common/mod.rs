@@ -1,0 +1,415 @@
+//! Shared test definitions: a seeded generator, fills, the named shape battery and the
+//! tolerance rule. Each test file includes this module; not every file uses every item.
+#![allow(dead_code)]
+
+use convgemm::{Conv2d, Conv2dSpec, Element, reference};
+
+/// SplitMix64: a tiny seeded generator, so tests need no extra dependency and every run
+/// sees the same data.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+    }
+    /// Uniform in [-1, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+    pub fn floats<T: Element>(&mut self, len: usize) -> Vec<T> {
+        (0..len).map(|_| T::from_f64(self.unit())).collect()
+    }
+    /// Small integers in -3..=3: every product and partial sum of the tests' sizes is
+    /// exact in f32 (|sum| < 2^24), so any summation order gives the same bits.
+    pub fn small_ints<T: Element>(&mut self, len: usize) -> Vec<T> {
+        (0..len)
+            .map(|_| T::from_f64(self.range(0, 6) as f64 - 3.0))
+            .collect()
+    }
+}
+
+/// Sizes of the buffers of a plan: (x, w, y, bias).
+pub fn lens(conv: &Conv2d) -> (usize, usize, usize, usize) {
+    let [n, c, h, w] = conv.input_dims();
+    let [_, k, p, q] = conv.output_dims();
+    (
+        n * c * h * w,
+        conv.weight_dims().iter().product(),
+        n * k * p * q,
+        k,
+    )
+}
+
+/// A named spec of the battery.
+pub struct Case {
+    pub name: &'static str,
+    pub spec: Conv2dSpec,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn spec(
+    n: usize,
+    c: usize,
+    hw: [usize; 2],
+    k: usize,
+    rs: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    dil: [usize; 2],
+    groups: usize,
+) -> Conv2dSpec {
+    Conv2dSpec {
+        batch: n,
+        in_channels: c,
+        in_h: hw[0],
+        in_w: hw[1],
+        out_channels: k,
+        kernel: rs,
+        stride,
+        padding: pad,
+        dilation: dil,
+        groups,
+    }
+}
+
+/// The named battery: each entry stresses one thing the fast paths special-case.
+pub fn battery() -> Vec<Case> {
+    let one = [1, 1];
+    let zero = [0, 0];
+    vec![
+        Case {
+            name: "basic_3x3_pad1",
+            spec: spec(2, 3, [7, 6], 4, [3, 3], one, one, one, 1),
+        },
+        Case {
+            name: "stride_2x3",
+            spec: spec(2, 3, [9, 11], 4, [3, 3], [2, 3], one, one, 1),
+        },
+        Case {
+            name: "stride_3x1",
+            spec: spec(2, 2, [10, 7], 3, [2, 3], [3, 1], zero, one, 1),
+        },
+        Case {
+            name: "pad_2x3",
+            spec: spec(2, 2, [6, 5], 3, [3, 3], one, [2, 3], one, 1),
+        },
+        Case {
+            name: "pad_3x0",
+            spec: spec(1, 2, [4, 8], 2, [5, 3], [2, 1], [3, 0], one, 1),
+        },
+        Case {
+            name: "dilation_2x3",
+            spec: spec(2, 3, [11, 12], 4, [3, 3], one, [2, 3], [2, 3], 1),
+        },
+        Case {
+            name: "dilation_3x1_stride2",
+            spec: spec(2, 2, [13, 9], 3, [3, 2], [2, 2], [1, 0], [3, 1], 1),
+        },
+        Case {
+            name: "groups_2_multi_channel",
+            spec: spec(2, 4, [7, 7], 6, [3, 3], one, one, one, 2),
+        },
+        Case {
+            name: "groups_3_stride2",
+            spec: spec(3, 6, [9, 8], 9, [3, 2], [2, 2], [1, 1], one, 3),
+        },
+        Case {
+            name: "depthwise",
+            spec: spec(2, 5, [8, 8], 5, [3, 3], one, one, one, 5),
+        },
+        Case {
+            name: "depthwise_multiplier",
+            spec: spec(2, 3, [7, 9], 6, [3, 3], [2, 1], one, one, 3),
+        },
+        Case {
+            name: "depthwise_n1",
+            spec: spec(1, 8, [10, 10], 8, [3, 3], one, one, one, 8),
+        },
+        Case {
+            name: "kernel_1x5",
+            spec: spec(2, 3, [6, 12], 4, [1, 5], one, [0, 2], one, 1),
+        },
+        Case {
+            name: "kernel_5x2_nonsquare",
+            spec: spec(2, 3, [11, 5], 2, [5, 2], one, [2, 0], one, 1),
+        },
+        Case {
+            name: "pointwise_1x1",
+            spec: spec(3, 8, [5, 7], 6, [1, 1], one, zero, one, 1),
+        },
+        Case {
+            name: "pointwise_1x1_groups",
+            spec: spec(2, 8, [5, 7], 6, [1, 1], one, zero, one, 2),
+        },
+        Case {
+            name: "pointwise_1x1_n1",
+            spec: spec(1, 24, [9, 9], 5, [1, 1], one, zero, one, 1),
+        },
+        Case {
+            name: "1x1_stride2",
+            spec: spec(2, 8, [9, 8], 6, [1, 1], [2, 2], zero, one, 1),
+        },
+        Case {
+            name: "1x1_pad1",
+            spec: spec(2, 4, [5, 5], 3, [1, 1], one, one, one, 1),
+        },
+        Case {
+            name: "kernel_equals_padded_input",
+            spec: spec(2, 3, [5, 4], 4, [7, 6], one, one, one, 1),
+        },
+        Case {
+            name: "kernel_equals_input_no_pad",
+            spec: spec(2, 3, [4, 4], 4, [4, 4], one, zero, one, 1),
+        },
+        Case {
+            name: "stride_larger_than_kernel",
+            spec: spec(2, 3, [11, 10], 4, [2, 2], [3, 4], zero, one, 1),
+        },
+        Case {
+            name: "h1_1d_conv",
+            spec: spec(2, 4, [1, 20], 5, [1, 3], one, [0, 1], one, 1),
+        },
+        Case {
+            name: "h1_1d_stride_dilation",
+            spec: spec(2, 3, [1, 25], 2, [1, 4], [1, 2], [0, 3], [1, 2], 1),
+        },
+        Case {
+            name: "w1_column",
+            spec: spec(2, 3, [15, 1], 2, [3, 1], [2, 1], [1, 0], one, 1),
+        },
+        Case {
+            name: "batch1",
+            spec: spec(1, 20, [12, 12], 7, [3, 3], one, one, one, 1),
+        },
+        Case {
+            name: "batch7_more_than_threads",
+            spec: spec(7, 3, [6, 6], 4, [3, 3], one, one, one, 1),
+        },
+        Case {
+            name: "input_1x1",
+            spec: spec(2, 3, [1, 1], 2, [3, 3], one, one, one, 1),
+        },
+        // Planes larger than one column tile, so the tile loops run several times.
+        Case {
+            name: "multi_tile",
+            spec: spec(2, 64, [24, 24], 8, [3, 3], one, one, one, 1),
+        },
+        Case {
+            name: "multi_tile_n1",
+            spec: spec(1, 64, [24, 20], 8, [3, 3], [1, 1], [1, 1], one, 1),
+        },
+        Case {
+            name: "many_images_few_pixels",
+            spec: spec(20, 2, [4, 4], 3, [2, 2], one, zero, one, 1),
+        },
+    ]
+}
+
+/// A random small valid spec (rejection-sampled; also returns how many were rejected).
+pub fn random_spec(rng: &mut Rng) -> Conv2dSpec {
+    loop {
+        let groups = rng.range(1, 3);
+        let s = spec(
+            rng.range(1, 3),
+            groups * rng.range(1, 4),
+            [rng.range(1, 10), rng.range(1, 10)],
+            groups * rng.range(1, 4),
+            [rng.range(1, 4), rng.range(1, 4)],
+            [rng.range(1, 3), rng.range(1, 3)],
+            [rng.range(0, 3), rng.range(0, 3)],
+            [rng.range(1, 3), rng.range(1, 3)],
+            groups,
+        );
+        if Conv2d::new(s).is_ok() {
+            return s;
+        }
+    }
+}
+
+/// Largest absolute difference.
+pub fn max_abs_diff<T: Element>(a: &[T], b: &[T]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x.to_f64() - y.to_f64()).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The tolerance rule.
+///
+/// A sum of `L` products computed in any order with rounding unit `u = ε/2` has error at
+/// most `(L − 1)·u·Σ|terms|` (Higham, Numerical Stability, §3.1; blocked and FMA summation
+/// only lower it). The reference sums in f64 and rounds once to `T`, adding at most
+/// `u·|ref| ≤ u·Σ|terms|`. So each element must satisfy
+///
+/// `|fast − ref| ≤ (L + 1)·ε·Σ|terms|`
+///
+/// (a factor 2 over the bound, no more). `Σ|terms|` comes from running the reference on
+/// the absolute values of the inputs; `L` is the pass's reduction length. For f64 and the
+/// battery's sizes this is about 1e-13 relative to the magnitude, for f32 about 1e-4.
+pub fn assert_within<T: Element>(
+    what: &str,
+    fast: &[T],
+    reference: &[T],
+    magnitude: &[T],
+    reduction_len: usize,
+) {
+    assert_eq!(fast.len(), reference.len());
+    let eps = T::EPSILON.to_f64();
+    for (i, ((f, r), m)) in fast.iter().zip(reference).zip(magnitude).enumerate() {
+        let tol = (reduction_len as f64 + 1.0) * eps * m.to_f64();
+        let err = (f.to_f64() - r.to_f64()).abs();
+        assert!(
+            err <= tol,
+            "{what}: element {i}: fast {f} vs reference {r}: error {err:e} > tolerance {tol:e} (L = {reduction_len})"
+        );
+    }
+}
+
+/// Fails when a result is mostly zeros (as benchdnn does), so a kernel that writes nothing
+/// cannot pass against a reference that happens to be small.
+pub fn assert_not_mostly_zero<T: Element>(what: &str, v: &[T]) {
+    let nonzero = v.iter().filter(|x| x.to_f64() != 0.0).count();
+    assert!(
+        v.is_empty() || nonzero * 2 >= v.len(),
+        "{what}: only {nonzero} of {} values are non-zero",
+        v.len()
+    );
+}
+
+fn abs<T: Element>(v: &[T]) -> Vec<T> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+/// Runs the three passes of `spec` (with or without bias) against the reference, on
+/// random data, with the tolerance rule.
+pub fn check_against_reference<T: Element>(name: &str, spec: &Conv2dSpec, bias: bool, seed: u64) {
+    let conv = Conv2d::new(*spec).unwrap();
+    let (xl, wl, yl, kl) = lens(&conv);
+    let mut rng = Rng::new(seed);
+    let x: Vec<T> = rng.floats(xl);
+    let w: Vec<T> = rng.floats(wl);
+    let dy: Vec<T> = rng.floats(yl);
+    let b: Vec<T> = rng.floats(kl);
+    let bias_opt = bias.then_some(&b[..]);
+    let bias_abs = abs(&b);
+    let (xa, wa, dya) = (abs(&x), abs(&w), abs(&dy));
+    let [_, cg, r, s] = conv.weight_dims();
+    let [_, k, p, q] = conv.output_dims();
+    let kg = k / spec.groups;
+
+    // forward: L = C/groups·R·S products + the bias
+    let mut y = vec![T::ZERO; yl];
+    let mut y_ref = vec![T::ZERO; yl];
+    let mut y_mag = vec![T::ZERO; yl];
+    conv.forward(&x, &w, bias_opt, &mut y).unwrap();
+    reference::conv2d_forward(spec, &x, &w, bias_opt, &mut y_ref).unwrap();
+    reference::conv2d_forward(spec, &xa, &wa, bias.then_some(&bias_abs[..]), &mut y_mag).unwrap();
+    assert_within(
+        &format!("{name} forward"),
+        &y,
+        &y_ref,
+        &y_mag,
+        cg * r * s + 1,
+    );
+
+    // input delta: each dx element sums at most K/groups·R·S products
+    let mut dx = vec![T::ZERO; xl];
+    let mut dx_ref = vec![T::ZERO; xl];
+    let mut dx_mag = vec![T::ZERO; xl];
+    conv.backward_data(&dy, &w, &mut dx).unwrap();
+    reference::conv2d_backward_data(spec, &dy, &w, &mut dx_ref).unwrap();
+    reference::conv2d_backward_data(spec, &dya, &wa, &mut dx_mag).unwrap();
+    assert_within(
+        &format!("{name} backward_data"),
+        &dx,
+        &dx_ref,
+        &dx_mag,
+        kg * r * s,
+    );
+
+    // weight gradient: each dw element sums N·P·Q products; db sums N·P·Q values
+    let mut dw = vec![T::ZERO; wl];
+    let mut dw_ref = vec![T::ZERO; wl];
+    let mut dw_mag = vec![T::ZERO; wl];
+    let mut db = vec![T::ZERO; kl];
+    let mut db_ref = vec![T::ZERO; kl];
+    let mut db_mag = vec![T::ZERO; kl];
+    conv.backward_weights(&x, &dy, &mut dw, bias.then_some(&mut db[..]))
+        .unwrap();
+    reference::conv2d_backward_weights(spec, &x, &dy, &mut dw_ref, Some(&mut db_ref)).unwrap();
+    reference::conv2d_backward_weights(spec, &xa, &dya, &mut dw_mag, Some(&mut db_mag)).unwrap();
+    let l = spec.batch * p * q;
+    assert_within(
+        &format!("{name} backward_weights dw"),
+        &dw,
+        &dw_ref,
+        &dw_mag,
+        l,
+    );
+    if bias {
+        assert_within(
+            &format!("{name} backward_weights db"),
+            &db,
+            &db_ref,
+            &db_mag,
+            l,
+        );
+    }
+}
+
+/// Runs the three passes on small-integer data and requires bit-for-bit equality with the
+/// reference (every sum is exact, so the summation order cannot matter).
+pub fn check_exact<T: Element>(name: &str, spec: &Conv2dSpec, seed: u64) {
+    let conv = Conv2d::new(*spec).unwrap();
+    let (xl, wl, yl, kl) = lens(&conv);
+    let mut rng = Rng::new(seed);
+    let x: Vec<T> = rng.small_ints(xl);
+    let w: Vec<T> = rng.small_ints(wl);
+    let dy: Vec<T> = rng.small_ints(yl);
+    let b: Vec<T> = rng.small_ints(kl);
+
+    let mut y = vec![T::ZERO; yl];
+    let mut y_ref = vec![T::ZERO; yl];
+    conv.forward(&x, &w, Some(&b), &mut y).unwrap();
+    reference::conv2d_forward(spec, &x, &w, Some(&b), &mut y_ref).unwrap();
+    assert!(
+        y == y_ref,
+        "{name}: forward differs from the reference on exact data"
+    );
+
+    let mut dx = vec![T::ONE; xl];
+    let mut dx_ref = vec![T::ZERO; xl];
+    conv.backward_data(&dy, &w, &mut dx).unwrap();
+    reference::conv2d_backward_data(spec, &dy, &w, &mut dx_ref).unwrap();
+    assert!(
+        dx == dx_ref,
+        "{name}: backward_data differs from the reference on exact data"
+    );
+
+    let mut dw = vec![T::ONE; wl];
+    let mut dw_ref = vec![T::ZERO; wl];
+    let mut db = vec![T::ONE; kl];
+    let mut db_ref = vec![T::ZERO; kl];
+    conv.backward_weights(&x, &dy, &mut dw, Some(&mut db))
+        .unwrap();
+    reference::conv2d_backward_weights(spec, &x, &dy, &mut dw_ref, Some(&mut db_ref)).unwrap();
+    assert!(
+        dw == dw_ref,
+        "{name}: backward_weights dw differs from the reference on exact data"
+    );
+    assert!(
+        db == db_ref,
+        "{name}: backward_weights db differs from the reference on exact data"
+    );
+}
