@@ -51,3 +51,8 @@ pub use conv::{Conv2d, Pass, Workspace};
 pub use element::Element;
 pub use error::ConvError;
 pub use shape::Conv2dSpec;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
