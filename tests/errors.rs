@@ -24,7 +24,8 @@ fn err(spec: Conv2dSpec) -> ConvError {
 
 #[test]
 fn zero_sizes() {
-    let fields: [(&str, fn(&mut Conv2dSpec)); 12] = [
+    type Setter = fn(&mut Conv2dSpec);
+    let fields: [(&str, Setter); 12] = [
         ("batch", |s| s.batch = 0),
         ("in_channels", |s| s.in_channels = 0),
         ("in_h", |s| s.in_h = 0),
@@ -242,7 +243,7 @@ fn wrong_buffer_lengths() {
         "bias has 3 elements, expected 64 = K 64"
     );
     assert_eq!(
-        msg(conv.forward(&x, &w, None, &mut vec![0.0; 1]).unwrap_err()),
+        msg(conv.forward(&x, &w, None, &mut [0.0; 1]).unwrap_err()),
         "y has 1 elements, expected 2304 = N 1 × K 64 × P 6 × Q 6"
     );
     assert_eq!(
