@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 mod conv;
+mod depthwise;
 mod element;
 mod error;
 mod gemm;
@@ -45,12 +46,14 @@ mod im2col;
 mod parallel;
 pub mod reference;
 mod shape;
+mod simd;
 mod tiling;
 
 pub use conv::{Conv2d, Pass, Workspace};
 pub use element::Element;
 pub use error::ConvError;
 pub use shape::Conv2dSpec;
+pub use simd::isa_name;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -12,6 +12,7 @@ mod backward_data;
 mod backward_weights;
 mod forward;
 
+use crate::depthwise;
 use crate::element::Element;
 use crate::error::ConvError;
 use crate::shape::{Conv2dSpec, ConvGeometry};
@@ -65,6 +66,30 @@ pub struct Workspace {
 pub struct Conv2d {
     spec: Conv2dSpec,
     geo: ConvGeometry,
+    algorithm: Algorithm,
+}
+
+/// How a plan computes its passes; chosen once, in [`Conv2d::new`], by [`Algorithm::choose`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Algorithm {
+    /// im2col (or the input itself, for pointwise layers) plus matrixmultiply's GEMM.
+    Gemm,
+    /// Direct per-plane kernels ([`crate::depthwise`]).
+    Depthwise,
+}
+
+impl Algorithm {
+    /// Depthwise layers (one input channel per group, several groups) go direct: their
+    /// GEMMs would have a single row per group and nothing to block. Everything else,
+    /// including `groups = 1` layers with one input channel, is a GEMM with at least `K`
+    /// rows.
+    fn choose(geo: &ConvGeometry) -> Algorithm {
+        if geo.channels_per_group == 1 && geo.groups > 1 {
+            Algorithm::Depthwise
+        } else {
+            Algorithm::Gemm
+        }
+    }
 }
 
 impl Conv2d {
@@ -77,7 +102,11 @@ impl Conv2d {
     /// [`ConvError::TooLarge`] when a buffer size overflows or exceeds `isize::MAX` bytes.
     pub fn new(spec: Conv2dSpec) -> Result<Conv2d, ConvError> {
         let geo = ConvGeometry::new(&spec)?;
-        Ok(Conv2d { spec, geo })
+        Ok(Conv2d {
+            spec,
+            geo,
+            algorithm: Algorithm::choose(&geo),
+        })
     }
 
     /// The spec this plan was built from.
@@ -124,6 +153,12 @@ impl Conv2d {
     /// The scratch memory one call of `pass` allocates with element type `T`.
     pub fn workspace<T: Element>(&self, pass: Pass) -> Workspace {
         let elem = size_of::<T>();
+        if self.algorithm == Algorithm::Depthwise {
+            return Workspace {
+                column_bytes_per_task: 0,
+                partial_bytes: 0,
+            };
+        }
         let (col, partials) = match pass {
             Pass::Forward => (forward::column_buffer_len(&self.geo, elem), 0),
             Pass::BackwardData => (backward_data::column_buffer_len(&self.geo, elem), 0),
@@ -161,7 +196,10 @@ impl Conv2d {
             self.geo.check_bias("bias", b.len())?;
         }
         self.geo.check_y("y", y.len())?;
-        forward::forward(&self.geo, x, w, bias, y);
+        match self.algorithm {
+            Algorithm::Gemm => forward::forward(&self.geo, x, w, bias, y),
+            Algorithm::Depthwise => depthwise::forward(&self.geo, x, w, bias, y),
+        }
         Ok(())
     }
 
@@ -182,7 +220,10 @@ impl Conv2d {
         self.geo.check_y("dy", dy.len())?;
         self.geo.check_w("w", w.len())?;
         self.geo.check_x("dx", dx.len())?;
-        backward_data::backward_data(&self.geo, dy, w, dx);
+        match self.algorithm {
+            Algorithm::Gemm => backward_data::backward_data(&self.geo, dy, w, dx),
+            Algorithm::Depthwise => depthwise::backward_data(&self.geo, dy, w, dx),
+        }
         Ok(())
     }
 
@@ -208,7 +249,10 @@ impl Conv2d {
         if let Some(b) = &db {
             self.geo.check_bias("db", b.len())?;
         }
-        backward_weights::backward_weights(&self.geo, x, dy, dw, db);
+        match self.algorithm {
+            Algorithm::Gemm => backward_weights::backward_weights(&self.geo, x, dy, dw, db),
+            Algorithm::Depthwise => depthwise::backward_weights(&self.geo, x, dy, dw, db),
+        }
         Ok(())
     }
 }

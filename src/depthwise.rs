@@ -1,0 +1,370 @@
+//! Direct kernels for depthwise convolution (`C/groups = 1`: every filter reads one input
+//! channel), for all three passes.
+//!
+//! Lowered to GEMM, a depthwise layer is one GEMM per channel with a single row and an
+//! `R·S` reduction: nothing for a cache-blocked kernel to block. Here each channel plane is
+//! processed directly.
+//!
+//! **Stride 1** (the common case) becomes a 1-D problem. The input plane is copied into a
+//! zero-padded buffer of width `Wp = W + 2·pad_w`; then output pixel `(p, q)`, stored at
+//! flat index `t = p·Wp + q`, reads tap `(r, s)` at `t + r·dil_h·Wp + s·dil_w`, a fixed
+//! offset. So
+//!
+//! - forward: `y_flat[t] = b + Σ_taps w[tap] · xpad[t + offset[tap]]`, a correlation over
+//!   the flattened plane with long, border-free vectors ([`correlate_flat`]); the `Wp − Q`
+//!   junk columns per row are computed and dropped;
+//! - input delta: the same correlation of the shifted, zero-padded `dy` plane with the
+//!   flipped kernel;
+//! - weight gradient: `dw[tap] += Σ_t dy_flat[t] · xpad[t + offset[tap]]`, one dot product
+//!   per tap over the flattened plane ([`dot_flat`]).
+//!
+//! Other strides use straightforward loops on the padded plane (forward) or the scatter
+//! form (backward). Channel multipliers (`K = m·C`) are handled: output channel `k` reads
+//! input channel `k / m`. Parallelism is over channel planes; every sum has a fixed order,
+//! so results do not depend on the thread count.
+
+use crate::element::Element;
+use crate::parallel::*;
+use crate::shape::ConvGeometry;
+use crate::tiling::aligned_zeros;
+
+/// Width of the register block of the flat kernels.
+const LANES: usize = 16;
+
+fn unit_stride(geo: &ConvGeometry) -> bool {
+    geo.h.stride == 1 && geo.w.stride == 1
+}
+
+/// Size of the zero-padded input plane: `(H + 2·pad_h) × (W + 2·pad_w)`.
+fn padded_dims(geo: &ConvGeometry) -> (usize, usize) {
+    (
+        geo.h.input + 2 * geo.h.padding,
+        geo.w.input + 2 * geo.w.padding,
+    )
+}
+
+/// Copies one input plane into the middle of a zeroed `hp × wp` buffer.
+fn pad_plane<T: Element>(geo: &ConvGeometry, x: &[T], padded: &mut [T]) {
+    let (_, wp) = padded_dims(geo);
+    padded.fill(T::ZERO);
+    for (i, row) in x.chunks_exact(geo.w.input).enumerate() {
+        let start = (i + geo.h.padding) * wp + geo.w.padding;
+        padded[start..start + row.len()].copy_from_slice(row);
+    }
+}
+
+/// Flat offsets of the taps in a plane of width `width`: `r·dil_h·width + s·dil_w`.
+fn tap_offsets(geo: &ConvGeometry, width: usize) -> Vec<usize> {
+    let mut offsets = Vec::with_capacity(geo.taps);
+    for r in 0..geo.h.kernel {
+        for s in 0..geo.w.kernel {
+            offsets.push(r * geo.h.dilation * width + s * geo.w.dilation);
+        }
+    }
+    offsets
+}
+
+pub(crate) fn forward<T: Element>(
+    geo: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    y: &mut [T],
+) {
+    let (hp, wp) = padded_dims(geo);
+    let (p, q) = (geo.h.output, geo.w.output);
+    let offsets = tap_offsets(geo, wp);
+    let flat_len = (p - 1) * wp + q;
+    let multiplier = geo.filters_per_group;
+    y.par_chunks_exact_mut(geo.out_plane)
+        .enumerate()
+        .for_each_init(
+            || {
+                (
+                    aligned_zeros::<T>(hp * wp),
+                    aligned_zeros::<T>(if unit_stride(geo) { flat_len } else { 0 }),
+                )
+            },
+            |(padded, flat), (plane, y_plane)| {
+                let (n, k) = (plane / geo.out_channels, plane % geo.out_channels);
+                let c = k / multiplier;
+                pad_plane(
+                    geo,
+                    &x[(n * geo.in_channels + c) * geo.in_plane..][..geo.in_plane],
+                    padded,
+                );
+                let w_k = &w[k * geo.taps..][..geo.taps];
+                let b = bias.map_or(T::ZERO, |b| b[k]);
+                if unit_stride(geo) {
+                    correlate_flat(padded, &offsets, w_k, b, flat);
+                    for (oh, row) in y_plane.chunks_exact_mut(q).enumerate() {
+                        row.copy_from_slice(&flat[oh * wp..][..q]);
+                    }
+                } else {
+                    for (oh, row) in y_plane.chunks_exact_mut(q).enumerate() {
+                        let base = oh * geo.h.stride * wp;
+                        for (ow, out) in row.iter_mut().enumerate() {
+                            let at = base + ow * geo.w.stride;
+                            let mut acc = b;
+                            for (&off, &wv) in offsets.iter().zip(w_k) {
+                                acc += wv * padded[at + off];
+                            }
+                            *out = acc;
+                        }
+                    }
+                }
+            },
+        );
+}
+
+pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
+    if !unit_stride(geo) {
+        return backward_data_scatter(geo, dy, w, dx);
+    }
+    // dx[ih][iw] = Σ_{r,s} w[r][s] · dy[ih + pad_h − r·dil_h][iw + pad_w − s·dil_w].
+    // With dy shifted by ((R−1)·dil_h − pad_h, (S−1)·dil_w − pad_w) into a zeroed plane of
+    // width wq = W + (S−1)·dil_w, tap (r, s) sits at the flat offset of the flipped tap.
+    let (eh, ew) = (
+        (geo.h.kernel - 1) * geo.h.dilation,
+        (geo.w.kernel - 1) * geo.w.dilation,
+    );
+    let (hq, wq) = (geo.h.input + eh, geo.w.input + ew);
+    let (shift_h, shift_w) = (
+        eh as isize - geo.h.padding as isize,
+        ew as isize - geo.w.padding as isize,
+    );
+    let offsets = tap_offsets(geo, wq);
+    let flipped: Vec<usize> = offsets.iter().rev().copied().collect();
+    let flat_len = (geo.h.input - 1) * wq + geo.w.input;
+    let multiplier = geo.filters_per_group;
+    let (p, q) = (geo.h.output, geo.w.output);
+    dx.par_chunks_exact_mut(geo.in_plane)
+        .enumerate()
+        .for_each_init(
+            || (aligned_zeros::<T>(hq * wq), aligned_zeros::<T>(flat_len)),
+            |(shifted, flat), (plane, dx_plane)| {
+                let (n, c) = (plane / geo.in_channels, plane % geo.in_channels);
+                for m in 0..multiplier {
+                    let k = c * multiplier + m;
+                    let dy_plane =
+                        &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
+                    shifted.fill(T::ZERO);
+                    for oh in 0..p {
+                        let row = oh as isize + shift_h;
+                        if row < 0 || row as usize >= hq {
+                            continue;
+                        }
+                        for ow in 0..q {
+                            let col = ow as isize + shift_w;
+                            if col >= 0 && (col as usize) < wq {
+                                shifted[row as usize * wq + col as usize] = dy_plane[oh * q + ow];
+                            }
+                        }
+                    }
+                    correlate_flat(
+                        shifted,
+                        &flipped,
+                        &w[k * geo.taps..][..geo.taps],
+                        T::ZERO,
+                        flat,
+                    );
+                    for (ih, row) in dx_plane.chunks_exact_mut(geo.w.input).enumerate() {
+                        let src = &flat[ih * wq..][..geo.w.input];
+                        if m == 0 {
+                            row.copy_from_slice(src);
+                        } else {
+                            for (d, s) in row.iter_mut().zip(src) {
+                                *d += *s;
+                            }
+                        }
+                    }
+                }
+            },
+        );
+}
+
+/// Input delta for strided layers: the adjoint scatter, one `axpy` per (output row, tap).
+fn backward_data_scatter<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
+    let multiplier = geo.filters_per_group;
+    let (ha, wa) = (&geo.h, &geo.w);
+    dx.par_chunks_exact_mut(geo.in_plane)
+        .enumerate()
+        .for_each(|(plane, dx_plane)| {
+            let (n, c) = (plane / geo.in_channels, plane % geo.in_channels);
+            dx_plane.fill(T::ZERO);
+            for m in 0..multiplier {
+                let k = c * multiplier + m;
+                let dy_plane = &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
+                let w_k = &w[k * geo.taps..][..geo.taps];
+                for (oh, dy_row) in dy_plane.chunks_exact(wa.output).enumerate() {
+                    for r in 0..ha.kernel {
+                        let (lo, hi) = ha.valid_outputs(r);
+                        if oh < lo || oh >= hi {
+                            continue;
+                        }
+                        let dx_row = &mut dx_plane[ha.input_index(oh, r) * wa.input..][..wa.input];
+                        for (s, &wv) in w_k[r * wa.kernel..][..wa.kernel].iter().enumerate() {
+                            let (a, b) = wa.valid_outputs(s);
+                            if a < b {
+                                let start = wa.input_index(a, s);
+                                for (d, &v) in dx_row[start..]
+                                    .iter_mut()
+                                    .step_by(wa.stride)
+                                    .zip(&dy_row[a..b])
+                                {
+                                    *d += wv * v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+pub(crate) fn backward_weights<T: Element>(
+    geo: &ConvGeometry,
+    x: &[T],
+    dy: &[T],
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+) {
+    let (hp, wp) = padded_dims(geo);
+    let (p, q) = (geo.h.output, geo.w.output);
+    let offsets = tap_offsets(geo, wp);
+    let flat_len = (p - 1) * wp + q;
+    let multiplier = geo.filters_per_group;
+    let want_db = db.is_some();
+    let bias_sums: Vec<T> = dw
+        .par_chunks_exact_mut(geo.taps)
+        .enumerate()
+        .map_init(
+            || (aligned_zeros::<T>(hp * wp), aligned_zeros::<T>(flat_len)),
+            |(padded, dy_flat), (k, dw_k)| {
+                let c = k / multiplier;
+                dw_k.fill(T::ZERO);
+                let mut bias_sum = T::ZERO;
+                for n in 0..geo.batch {
+                    pad_plane(
+                        geo,
+                        &x[(n * geo.in_channels + c) * geo.in_plane..][..geo.in_plane],
+                        padded,
+                    );
+                    let dy_plane =
+                        &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
+                    if unit_stride(geo) {
+                        // dy laid out with row stride wp; the junk columns are zero.
+                        dy_flat.fill(T::ZERO);
+                        for (oh, row) in dy_plane.chunks_exact(q).enumerate() {
+                            dy_flat[oh * wp..][..q].copy_from_slice(row);
+                        }
+                        dot_flat(dy_flat, padded, &offsets, dw_k);
+                    } else {
+                        for (&off, g) in offsets.iter().zip(dw_k.iter_mut()) {
+                            let mut acc = T::ZERO;
+                            for (oh, row) in dy_plane.chunks_exact(q).enumerate() {
+                                let base = oh * geo.h.stride * wp + off;
+                                for (ow, &d) in row.iter().enumerate() {
+                                    acc += d * padded[base + ow * geo.w.stride];
+                                }
+                            }
+                            *g += acc;
+                        }
+                    }
+                    if want_db {
+                        bias_sum += sum_in_lanes(dy_plane);
+                    }
+                }
+                bias_sum
+            },
+        )
+        .collect();
+    if let Some(db) = db {
+        db.copy_from_slice(&bias_sums);
+    }
+}
+
+crate::dispatch! {
+    /// `out[t] = init + Σ_i weights[i] · src[t + offsets[i]]` for every `t` in `out`
+    /// (`src` must extend `max(offsets)` past `out`).
+    fn correlate_flat<T: Element>(src: &[T], offsets: &[usize], weights: &[T], init: T, out: &mut [T]) = correlate_flat_body;
+}
+
+#[inline(always)]
+fn correlate_flat_body<T: Element>(
+    src: &[T],
+    offsets: &[usize],
+    weights: &[T],
+    init: T,
+    out: &mut [T],
+) {
+    let n = out.len();
+    let mut t = 0;
+    while t + LANES <= n {
+        let mut acc = [init; LANES];
+        for (&off, &wv) in offsets.iter().zip(weights) {
+            let s = &src[t + off..t + off + LANES];
+            for j in 0..LANES {
+                acc[j] += wv * s[j];
+            }
+        }
+        out[t..t + LANES].copy_from_slice(&acc);
+        t += LANES;
+    }
+    for (i, o) in out.iter_mut().enumerate().skip(t) {
+        let mut acc = init;
+        for (&off, &wv) in offsets.iter().zip(weights) {
+            acc += wv * src[i + off];
+        }
+        *o = acc;
+    }
+}
+
+crate::dispatch! {
+    /// `out[i] += Σ_t a[t] · src[t + offsets[i]]`, each dot product in LANES accumulators
+    /// reduced in a fixed order.
+    fn dot_flat<T: Element>(a: &[T], src: &[T], offsets: &[usize], out: &mut [T]) = dot_flat_body;
+}
+
+#[inline(always)]
+fn dot_flat_body<T: Element>(a: &[T], src: &[T], offsets: &[usize], out: &mut [T]) {
+    for (&off, o) in offsets.iter().zip(out.iter_mut()) {
+        let b = &src[off..off + a.len()];
+        let mut lanes = [T::ZERO; LANES];
+        let mut ca = a.chunks_exact(LANES);
+        let mut cb = b.chunks_exact(LANES);
+        for (x, y) in (&mut ca).zip(&mut cb) {
+            for j in 0..LANES {
+                lanes[j] += x[j] * y[j];
+            }
+        }
+        for (j, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+            lanes[j] += *x * *y;
+        }
+        *o += reduce_lanes(&lanes);
+    }
+}
+
+/// Pairwise sum of the lanes, in a fixed order.
+#[inline(always)]
+fn reduce_lanes<T: Element>(lanes: &[T; LANES]) -> T {
+    let mut v = *lanes;
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for j in 0..width {
+            let upper = v[j + width];
+            v[j] += upper;
+        }
+    }
+    v[0]
+}
+
+/// Sum of a slice in LANES accumulators, reduced in a fixed order.
+fn sum_in_lanes<T: Element>(v: &[T]) -> T {
+    let mut lanes = [T::ZERO; LANES];
+    for (i, &x) in v.iter().enumerate() {
+        lanes[i % LANES] += x;
+    }
+    reduce_lanes(&lanes)
+}

@@ -1,0 +1,97 @@
+//! Runtime instruction-set selection for the crate's own loops.
+//!
+//! The crate is compiled for the baseline target (x86-64: SSE2), so it runs on every CPU.
+//! Hot loops are written once as plain, `#[inline(always)]` generic code whose inner
+//! loops have fixed widths; [`dispatch!`](crate::dispatch) instantiates them inside
+//! `#[target_feature]` wrappers, where LLVM vectorizes them for AVX-512 or AVX2+FMA, and
+//! picks the best wrapper the CPU supports, detected once.
+//!
+//! `CONVGEMM_ISA=avx512|avx2|scalar` forces a path (a path the CPU lacks falls back to
+//! the best it has), so the tests exercise every kernel on one machine. The GEMM itself
+//! is matrixmultiply's, which does its own detection.
+
+use std::sync::OnceLock;
+
+/// An instruction-set level for the crate's vectorized loops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Isa {
+    /// Baseline code (SSE2 on x86-64; whatever the target has elsewhere).
+    Scalar,
+    /// AVX2 and FMA (x86-64 only).
+    Avx2,
+    /// AVX-512F (x86-64 only).
+    Avx512,
+}
+
+fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Scalar
+}
+
+/// The path in use: the best the CPU supports, or the `CONVGEMM_ISA` choice if lower.
+pub(crate) fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = detect();
+        let forced = match std::env::var("CONVGEMM_ISA").as_deref() {
+            Ok("avx512") => Isa::Avx512,
+            Ok("avx2") => Isa::Avx2,
+            Ok("scalar") => Isa::Scalar,
+            _ => best,
+        };
+        forced.min(best)
+    })
+}
+
+/// The path name the crate's own loops use on this machine (for reports): `"avx512"`,
+/// `"avx2"` or `"scalar"`.
+pub fn isa_name() -> &'static str {
+    match isa() {
+        Isa::Avx512 => "avx512",
+        Isa::Avx2 => "avx2",
+        Isa::Scalar => "scalar",
+    }
+}
+
+/// Defines `$name` as a safe function that runs the `#[inline(always)]` generic `$body`
+/// compiled for the selected [`Isa`].
+///
+/// ```ignore
+/// dispatch! {
+///     /// docs
+///     pub(crate) fn axpy<T: Element>(a: T, x: &[T], y: &mut [T]) = axpy_body;
+/// }
+/// ```
+#[macro_export]
+#[doc(hidden)]
+macro_rules! dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<$t:ident : Element>($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:ident;) => {
+        $(#[$m])*
+        #[inline]
+        $vis fn $name<$t: $crate::Element>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512<$t: $crate::Element>($($arg: $ty),*) $(-> $ret)? { $body::<$t>($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2<$t: $crate::Element>($($arg: $ty),*) $(-> $ret)? { $body::<$t>($($arg),*) }
+                match $crate::simd::isa() {
+                    // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
+                    $crate::simd::Isa::Avx512 => return unsafe { avx512::<$t>($($arg),*) },
+                    // SAFETY: `isa()` returns Avx2 only when the CPU reports avx2 and fma.
+                    $crate::simd::Isa::Avx2 => return unsafe { avx2::<$t>($($arg),*) },
+                    $crate::simd::Isa::Scalar => {}
+                }
+            }
+            $body::<$t>($($arg),*)
+        }
+    };
+}
