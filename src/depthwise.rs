@@ -25,8 +25,8 @@
 
 use crate::element::Element;
 use crate::parallel::*;
+use crate::scratch::take;
 use crate::shape::ConvGeometry;
-use crate::tiling::aligned_zeros;
 
 /// Width of the register block of the flat kernels.
 const LANES: usize = 16;
@@ -79,13 +79,9 @@ pub(crate) fn forward<T: Element>(
     y.par_chunks_exact_mut(geo.out_plane)
         .enumerate()
         .for_each_init(
-            || {
-                (
-                    aligned_zeros::<T>(hp * wp),
-                    aligned_zeros::<T>(if unit_stride(geo) { flat_len } else { 0 }),
-                )
-            },
-            |(padded, flat), (plane, y_plane)| {
+            || take::<T>(hp * wp + if unit_stride(geo) { flat_len } else { 0 }),
+            |buffer, (plane, y_plane)| {
+                let (padded, flat) = buffer.split_at_mut(hp * wp);
                 let (n, k) = (plane / geo.out_channels, plane % geo.out_channels);
                 let c = k / multiplier;
                 pad_plane(
@@ -141,8 +137,9 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
     dx.par_chunks_exact_mut(geo.in_plane)
         .enumerate()
         .for_each_init(
-            || (aligned_zeros::<T>(hq * wq), aligned_zeros::<T>(flat_len)),
-            |(shifted, flat), (plane, dx_plane)| {
+            || take::<T>(hq * wq + flat_len),
+            |buffer, (plane, dx_plane)| {
+                let (shifted, flat) = buffer.split_at_mut(hq * wq);
                 let (n, c) = (plane / geo.in_channels, plane % geo.in_channels);
                 for m in 0..multiplier {
                     let k = c * multiplier + m;
@@ -239,8 +236,9 @@ pub(crate) fn backward_weights<T: Element>(
         .par_chunks_exact_mut(geo.taps)
         .enumerate()
         .map_init(
-            || (aligned_zeros::<T>(hp * wp), aligned_zeros::<T>(flat_len)),
-            |(padded, dy_flat), (k, dw_k)| {
+            || take::<T>(hp * wp + flat_len),
+            |buffer, (k, dw_k)| {
+                let (padded, dy_flat) = buffer.split_at_mut(hp * wp);
                 let c = k / multiplier;
                 dw_k.fill(T::ZERO);
                 let mut bias_sum = T::ZERO;

@@ -29,6 +29,7 @@ pub trait Element:
     + MulAssign
     + Sum
     + sealed::Kernels
+    + crate::scratch::ThreadBuffer
 {
     /// Additive identity.
     const ZERO: Self;

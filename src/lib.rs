@@ -45,6 +45,7 @@ mod gemm;
 mod im2col;
 mod parallel;
 pub mod reference;
+mod scratch;
 mod shape;
 mod simd;
 mod tiling;

@@ -19,13 +19,6 @@ pub(crate) const COL_TILE_BYTES: usize = 1 << 20;
 /// register row of the f32 GEMM microkernel is 16 wide, and narrower tiles waste it.
 pub(crate) const MIN_TILE_PIXELS: usize = 16;
 
-/// Upper bound on the number of weight-gradient partial sums (each the size of `dw`).
-///
-/// More partials let more threads work on the reduction over images and tiles; each costs
-/// one `dw`-sized buffer and one pass of the final fixed-order sum. Eight keeps both cores
-/// busy with good balance here and lets an 8-core pool run fully parallel.
-pub(crate) const MAX_PARTIALS: usize = 8;
-
 /// Pixels per tile for a column matrix with `rows` rows of `elem_size`-byte elements over
 /// a plane of `total` pixels, split into at least `min_tiles` tiles where the plane allows
 /// it. Tiles are balanced: all but the last have the returned length.

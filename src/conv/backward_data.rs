@@ -13,8 +13,9 @@ use crate::parallel::*;
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm};
 use crate::im2col::col2im;
+use crate::scratch::take;
 use crate::shape::ConvGeometry;
-use crate::tiling::{aligned_zeros, tile_len, tiles};
+use crate::tiling::{tile_len, tiles};
 
 /// A single image's channels of one group are split into at most this many blocks.
 const SINGLE_IMAGE_BLOCKS: usize = 8;
@@ -54,7 +55,7 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
                 dx_g.par_chunks_mut(block * geo.in_plane)
                     .enumerate()
                     .for_each_init(
-                        || aligned_zeros::<T>(buffer_len),
+                        || take::<T>(buffer_len),
                         |dcol, (b, dx_block)| {
                             dx_block.fill(T::ZERO);
                             let c0 = b * block;
@@ -72,7 +73,7 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
     dx.par_chunks_exact_mut(x_image)
         .zip(dy.par_chunks_exact(y_image))
         .for_each_init(
-            || aligned_zeros::<T>(buffer_len),
+            || take::<T>(buffer_len),
             |dcol, (dx_n, dy_n)| {
                 dx_n.fill(T::ZERO);
                 for (pix0, len) in tiles(geo.out_plane, tile) {

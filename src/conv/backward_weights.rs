@@ -1,42 +1,82 @@
 //! Weight gradient: `dW_g = Σ_n dy[n, g] · im2col(x[n, g])ᵀ`, `db[k] = Σ_n Σ_pixels dy[n, k]`.
 //!
-//! The work items are (image, pixel tile) pairs in a fixed order. They are split into a
-//! fixed number of contiguous chunks ([`MAX_PARTIALS`] at most, independent of the thread
-//! count); each chunk accumulates its own `dW` and `db` partial (GEMM with beta = 1), and
-//! the partials are summed in chunk order. So every result is bit-identical whatever
+//! Work is split by a fixed partition that depends only on the shape, never on the
+//! thread count:
+//!
+//! - images into at most [`MAX_IMAGE_CHUNKS`] contiguous chunks; each chunk accumulates
+//!   its own partial `dW` (GEMM with beta = 1 over its images and pixel tiles, in order);
+//! - for small batches of ungrouped layers, also the input channels into blocks, so a
+//!   single image still feeds several threads; each block owns a column range of `dW`
+//!   and im2cols only its own channels.
+//!
+//! The partials are then summed in chunk order. So every result is bit-identical whatever
 //! rayon pool runs the call.
-
-use crate::parallel::*;
+//!
+//! The GEMM sees two row-major operands: im2col fills a column tile and a blocked
+//! transpose turns it into `colᵀ` (pixels × rows), which matrixmultiply packs about
+//! twice as fast as the same matrix given through transposed strides.
 
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm};
 use crate::im2col::im2col;
+use crate::parallel::*;
+use crate::scratch::take;
 use crate::shape::ConvGeometry;
-use crate::tiling::{MAX_PARTIALS, aligned_zeros, partition, tile_len, tiles};
+use crate::tiling::{partition, tile_len, tiles};
 
-/// Pixels per tile: at least enough tiles that a small batch still fills the partials.
-fn tile_for(geo: &ConvGeometry, elem_size: usize) -> usize {
-    tile_len(
-        geo.col_rows,
-        elem_size,
-        geo.out_plane,
-        MAX_PARTIALS.div_ceil(geo.batch),
-    )
+/// Most partial sums over images (each as large as the `dW` columns it covers).
+///
+/// Each partial costs memory and one pass of the final sum; four keep two cores evenly
+/// busy (two chunks each) while the reduction stays a small fraction of the GEMM work.
+pub(crate) const MAX_IMAGE_CHUNKS: usize = 4;
+
+/// Target number of tasks: image chunks times channel blocks.
+const TARGET_TASKS: usize = 8;
+
+/// The fixed partition of one call.
+struct Split {
+    image_chunks: usize,
+    /// Channel blocks per group (1 unless the layer is ungrouped and the batch small).
+    channel_blocks: usize,
+    /// Channels per block (the last block may be smaller).
+    block_channels: usize,
+    /// Pixels per tile.
+    tile: usize,
 }
 
-/// Number of partial sums (each `w_len + K` elements) a call allocates.
-pub(crate) fn partial_count(geo: &ConvGeometry, elem_size: usize) -> usize {
-    let items = geo.batch * geo.out_plane.div_ceil(tile_for(geo, elem_size));
-    MAX_PARTIALS.min(items)
+fn split(geo: &ConvGeometry, elem_size: usize) -> Split {
+    let image_chunks = geo.batch.min(MAX_IMAGE_CHUNKS);
+    let cg = geo.channels_per_group;
+    let wanted = if geo.groups == 1 {
+        TARGET_TASKS.div_ceil(image_chunks)
+    } else {
+        1
+    };
+    let block_channels = cg.div_ceil(wanted.min(cg));
+    let channel_blocks = cg.div_ceil(block_channels);
+    let tile = tile_len(block_channels * geo.taps, elem_size, geo.out_plane, 1);
+    Split {
+        image_chunks,
+        channel_blocks,
+        block_channels,
+        tile,
+    }
 }
 
-/// Elements of the column buffer each task allocates.
+/// Elements of the two column buffers (tile and its transpose) each task allocates.
 pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
+    let s = split(geo, elem_size);
     if geo.is_pointwise() {
         0
     } else {
-        geo.col_rows * tile_for(geo, elem_size)
+        s.block_channels * geo.taps * s.tile
     }
+}
+
+/// Elements of all partial sums of a call.
+pub(crate) fn partial_len(geo: &ConvGeometry, elem_size: usize) -> usize {
+    let s = split(geo, elem_size);
+    s.image_chunks * (geo.w_len + geo.out_channels)
 }
 
 pub(crate) fn backward_weights<T: Element>(
@@ -46,52 +86,70 @@ pub(crate) fn backward_weights<T: Element>(
     dw: &mut [T],
     db: Option<&mut [T]>,
 ) {
+    let s = split(geo, size_of::<T>());
+    let (cg, kg, taps) = (geo.channels_per_group, geo.filters_per_group, geo.taps);
     let x_image = geo.in_channels * geo.in_plane;
     let y_image = geo.out_channels * geo.out_plane;
-    let (cg, kg, rows) = (geo.channels_per_group, geo.filters_per_group, geo.col_rows);
-    let tile = tile_for(geo, size_of::<T>());
-    let tile_list: Vec<(usize, usize)> = tiles(geo.out_plane, tile).collect();
-    let items = geo.batch * tile_list.len();
-    let chunks: Vec<_> = partition(items, MAX_PARTIALS.min(items)).collect();
     let want_db = db.is_some();
+    let chunks: Vec<_> = partition(geo.batch, s.image_chunks).collect();
+    let tasks: Vec<(usize, usize)> = (0..s.image_chunks)
+        .flat_map(|i| (0..s.channel_blocks).map(move |b| (i, b)))
+        .collect();
 
-    let partials: Vec<_> = chunks
+    // Each task: the partial dW of (image chunk, channel block) for every group, laid out
+    // [group][filter][block rows], plus (block 0 only) the partial db.
+    let partials: Vec<(Vec<T>, Vec<T>)> = tasks
         .par_iter()
         .map_init(
-            || aligned_zeros::<T>(column_buffer_len(geo, size_of::<T>())),
-            |col, range| {
-                let mut dw_part = aligned_zeros::<T>(geo.w_len);
-                let mut db_part = aligned_zeros::<T>(if want_db { geo.out_channels } else { 0 });
-                for (i, item) in range.clone().enumerate() {
-                    let n = item / tile_list.len();
-                    let (pix0, len) = tile_list[item % tile_list.len()];
+            || take::<T>(column_buffer_len(geo, size_of::<T>())),
+            |buffers, &(chunk, block)| {
+                let c0 = block * s.block_channels;
+                let channels = s.block_channels.min(cg - c0);
+                let rows = channels * taps;
+                let col = &mut buffers[..];
+                let mut dw_part = vec![T::ZERO; geo.groups * kg * rows];
+                let mut db_part = vec![
+                    T::ZERO;
+                    if want_db && block == 0 {
+                        geo.out_channels
+                    } else {
+                        0
+                    }
+                ];
+                let mut first = true;
+                for n in chunks[chunk].clone() {
                     let x_n = &x[n * x_image..][..x_image];
                     let dy_n = &dy[n * y_image..][..y_image];
-                    let beta = if i == 0 { T::ZERO } else { T::ONE };
-                    for g in 0..geo.groups {
-                        let x_g = &x_n[g * cg * geo.in_plane..][..cg * geo.in_plane];
-                        let dy_g = MatRef::row_major(
-                            &dy_n[g * kg * geo.out_plane + pix0..],
-                            kg,
-                            len,
-                            geo.out_plane,
-                        );
-                        let col_t = if geo.is_pointwise() {
-                            MatRef::row_major(&x_g[pix0..], cg, len, geo.in_plane).t()
-                        } else {
-                            let col = &mut col[..rows * len];
-                            im2col(geo, x_g, pix0, len, col);
-                            MatRef::row_major(&*col, rows, len, len).t()
-                        };
-                        let dw_g = MatMut::row_major(
-                            &mut dw_part[g * kg * rows..][..kg * rows],
-                            kg,
-                            rows,
-                            rows,
-                        );
-                        gemm(T::ONE, dy_g, col_t, beta, dw_g);
-                    }
-                    if want_db {
+                    for (pix0, len) in tiles(geo.out_plane, s.tile) {
+                        let beta = if first { T::ZERO } else { T::ONE };
+                        first = false;
+                        for g in 0..geo.groups {
+                            let x_planes =
+                                &x_n[(g * cg + c0) * geo.in_plane..][..channels * geo.in_plane];
+                            let col_view = if geo.is_pointwise() {
+                                MatRef::row_major(&x_planes[pix0..], rows, len, geo.in_plane)
+                            } else {
+                                let col = &mut col[..rows * len];
+                                im2col(geo, x_planes, pix0, len, col);
+                                MatRef::row_major(&*col, rows, len, len)
+                            };
+                            // dW_gᵀ (rows × kg) = col (rows × len) · dy_gᵀ (len × kg).
+                            let dy_t = MatRef {
+                                data: &dy_n[g * kg * geo.out_plane + pix0..],
+                                rows: len,
+                                cols: kg,
+                                row_stride: 1,
+                                col_stride: geo.out_plane,
+                            };
+                            let dw_t = MatMut {
+                                data: &mut dw_part[g * kg * rows..][..kg * rows],
+                                rows,
+                                cols: kg,
+                                row_stride: 1,
+                                col_stride: rows,
+                            };
+                            gemm(T::ONE, col_view, dy_t, beta, dw_t);
+                        }
                         for (k, acc) in db_part.iter_mut().enumerate() {
                             *acc += dy_n[k * geo.out_plane + pix0..][..len]
                                 .iter()
@@ -105,30 +163,36 @@ pub(crate) fn backward_weights<T: Element>(
         )
         .collect();
 
-    // Fixed-order reduction: partial 0 + partial 1 + ... for every element.
-    let dw_parts: Vec<&[T]> = partials.iter().map(|(p, _)| &p[..]).collect();
-    sum_in_order(dw, &dw_parts);
-    if let Some(db) = db {
-        let db_parts: Vec<&[T]> = partials.iter().map(|(_, p)| &p[..]).collect();
-        sum_in_order(db, &db_parts);
-    }
-}
-
-/// `out[i] = parts[0][i] + parts[1][i] + ...`, left to right.
-fn sum_in_order<T: Element>(out: &mut [T], parts: &[&[T]]) {
-    const BLOCK: usize = 4096;
-    out.par_chunks_mut(BLOCK)
+    // Fixed-order reduction: every dW element is partial(chunk 0) + partial(chunk 1) + ...
+    let row_len = cg * taps;
+    dw.par_chunks_exact_mut(row_len)
         .enumerate()
-        .for_each(|(b, out_block)| {
-            let mut parts = parts.iter();
-            match parts.next() {
-                Some(first) => out_block.copy_from_slice(&first[b * BLOCK..][..out_block.len()]),
-                None => out_block.fill(T::ZERO),
-            }
-            for part in parts {
-                for (o, p) in out_block.iter_mut().zip(&part[b * BLOCK..]) {
-                    *o += *p;
+        .for_each(|(k_global, dw_row)| {
+            let (g, k) = (k_global / kg, k_global % kg);
+            for block in 0..s.channel_blocks {
+                let c0 = block * s.block_channels;
+                let rows = s.block_channels.min(cg - c0) * taps;
+                let dst = &mut dw_row[c0 * taps..][..rows];
+                for chunk in 0..s.image_chunks {
+                    let part = &partials[chunk * s.channel_blocks + block].0[(g * kg + k) * rows..]
+                        [..rows];
+                    if chunk == 0 {
+                        dst.copy_from_slice(part);
+                    } else {
+                        for (d, p) in dst.iter_mut().zip(part) {
+                            *d += *p;
+                        }
+                    }
                 }
             }
         });
+    if let Some(db) = db {
+        for (k, out) in db.iter_mut().enumerate() {
+            let mut sum = T::ZERO;
+            for chunk in 0..s.image_chunks {
+                sum += partials[chunk * s.channel_blocks].1[k];
+            }
+            *out = sum;
+        }
+    }
 }

@@ -14,6 +14,7 @@ use crate::parallel::*;
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm};
 use crate::im2col::im2col;
+use crate::scratch::take;
 use crate::shape::ConvGeometry;
 use crate::tiling::{aligned_zeros, tile_len, tiles};
 
@@ -64,7 +65,7 @@ pub(crate) fn forward<T: Element>(
         let blocks: Vec<_> = tile_list
             .par_iter()
             .map_init(
-                || aligned_zeros::<T>(col_len),
+                || take::<T>(col_len),
                 |col, &(pix0, len)| {
                     let mut block = aligned_zeros::<T>(geo.out_channels * len);
                     let out = OutTile {
@@ -90,7 +91,7 @@ pub(crate) fn forward<T: Element>(
     y.par_chunks_exact_mut(y_image)
         .zip(x.par_chunks_exact(x_image))
         .for_each_init(
-            || aligned_zeros::<T>(col_len),
+            || take::<T>(col_len),
             |col, (y_n, x_n)| {
                 for (pix0, len) in tiles(geo.out_plane, tile) {
                     let out = OutTile {

@@ -35,8 +35,8 @@ pub struct Workspace {
     /// bounded by about 1 MiB for layers up to 1 MiB per 16 output pixels, 0 for pointwise
     /// layers, which need none.
     pub column_bytes_per_task: usize,
-    /// Bytes of the weight-gradient partial sums ([`Pass::BackwardWeights`] only): at most 8
-    /// buffers of `K·(C/groups)·R·S + K` elements.
+    /// Bytes of the weight-gradient partial sums ([`Pass::BackwardWeights`] only): one
+    /// `dw` plus `db` per image chunk, at most 4.
     pub partial_bytes: usize,
 }
 
@@ -47,8 +47,8 @@ pub struct Workspace {
 /// checks only the lengths of the buffers it is given; everything else was validated by
 /// [`Conv2d::new`]. Calls run in the caller's rayon pool (the global one unless the caller
 /// installs another) and allocate only bounded per-task column buffers: at most about
-/// 1 MiB of column tile per task, plus, for [`Conv2d::backward_weights`], up to 8
-/// weight-sized partial sums. Results are bit-identical whatever the number of threads.
+/// 1 MiB of column tile per task (2 for [`Conv2d::backward_weights`], which also
+/// transposes it), plus, for the weight gradient, up to 4 weight-sized partial sums. Results are bit-identical whatever the number of threads.
 ///
 /// ```
 /// use convgemm::{Conv2d, Conv2dSpec};
@@ -164,8 +164,7 @@ impl Conv2d {
             Pass::BackwardData => (backward_data::column_buffer_len(&self.geo, elem), 0),
             Pass::BackwardWeights => (
                 backward_weights::column_buffer_len(&self.geo, elem),
-                backward_weights::partial_count(&self.geo, elem)
-                    * (self.geo.w_len + self.geo.out_channels),
+                backward_weights::partial_len(&self.geo, elem),
             ),
         };
         Workspace {

@@ -1,0 +1,90 @@
+//! Per-thread scratch buffers, reused across calls.
+//!
+//! Every pass needs a column tile (or a padded plane) per task. Allocating and zeroing it
+//! per call costs more than building it, so each thread keeps one 64-byte aligned buffer
+//! per element type and lends it out with [`take`]; the [`Scratch`] guard puts it back
+//! when dropped. After the first call on a thread, a pass allocates no column memory. The
+//! memory a thread keeps is the largest scratch any call on it asked for (see
+//! [`Conv2d::workspace`](crate::Conv2d::workspace)).
+//!
+//! A buffer is lent to one task at a time: if the thread's buffer is already out, `take`
+//! allocates a fresh one.
+
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
+
+use aligned_vec::{AVec, ConstAlign};
+
+use crate::element::Element;
+
+/// A 64-byte aligned growable buffer.
+pub(crate) type AlignedBuf<T> = AVec<T, ConstAlign<64>>;
+
+/// A lent scratch buffer of a fixed length. Its initial contents are unspecified (zeros
+/// or whatever its last user wrote): users overwrite what they read.
+pub(crate) struct Scratch<T: Element> {
+    buf: AlignedBuf<T>,
+    len: usize,
+}
+
+/// Borrows this thread's scratch buffer, grown to at least `len` elements.
+pub(crate) fn take<T: Element>(len: usize) -> Scratch<T> {
+    let mut buf = T::with_thread_buffer(|cell| match cell.try_borrow_mut() {
+        Ok(mut slot) => std::mem::replace(&mut *slot, AVec::new(64)),
+        Err(_) => AVec::new(64),
+    });
+    if buf.len() < len {
+        buf.resize(len, T::ZERO);
+    }
+    Scratch { buf, len }
+}
+
+impl<T: Element> Deref for Scratch<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[..self.len]
+    }
+}
+
+impl<T: Element> DerefMut for Scratch<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[..self.len]
+    }
+}
+
+impl<T: Element> Drop for Scratch<T> {
+    /// Returns the buffer to this thread's slot, keeping the larger of the two.
+    fn drop(&mut self) {
+        let buf = std::mem::replace(&mut self.buf, AVec::new(64));
+        T::with_thread_buffer(|cell| {
+            if let Ok(mut slot) = cell.try_borrow_mut()
+                && slot.len() < buf.len()
+            {
+                *slot = buf;
+            }
+        });
+    }
+}
+
+/// The per-type thread-local buffer behind [`take`] (a supertrait of [`Element`],
+/// unnameable outside the crate).
+pub trait ThreadBuffer: Sized + 'static {
+    /// Runs `f` on this thread's buffer slot.
+    fn with_thread_buffer<R>(f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R) -> R;
+}
+
+macro_rules! impl_thread_buffer {
+    ($t:ty) => {
+        impl ThreadBuffer for $t {
+            fn with_thread_buffer<R>(f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R) -> R {
+                thread_local! {
+                    static BUFFER: RefCell<AlignedBuf<$t>> = RefCell::new(AVec::new(64));
+                }
+                BUFFER.with(f)
+            }
+        }
+    };
+}
+
+impl_thread_buffer!(f32);
+impl_thread_buffer!(f64);
