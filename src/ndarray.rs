@@ -24,7 +24,7 @@
 //! caller owns, e.g. one slice of a larger buffer.
 //!
 //! ```
-//! use convgemm::{Conv2dSpec, ConvError};
+//! use convgemm::Conv2dSpec;
 //! use convgemm::ndarray::{conv2d, conv2d_backward_data, conv2d_backward_weights};
 //! use ndarray::{Array1, Array4};
 //!
@@ -47,8 +47,8 @@
 //! let mut xt = x.view();
 //! xt.swap_axes(2, 3); // the same shape (H = W), but column-major planes
 //! let err = conv2d(&xt, &w.view(), None, &spec).unwrap_err();
-//! assert!(matches!(err, ConvError::NotStandardLayout { array: "x", .. }));
-//! # Ok::<(), ConvError>(())
+//! assert!(matches!(err, convgemm::ConvError::NotStandardLayout { array: "x", .. }));
+//! # Ok::<(), convgemm::ConvError>(())
 //! ```
 
 use ::ndarray::{
@@ -498,6 +498,29 @@ mod tests {
             ConvError::NotStandardLayout { array: "dw", .. }
         ));
         assert!(dw.iter().all(|&v| v == 7.0));
+    }
+
+    /// The README shows the module example as `ignore` (its examples also run without
+    /// the feature); this keeps the two from drifting apart.
+    #[test]
+    fn readme_example_is_the_module_example() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## ndarray\n")
+            .nth(1)
+            .expect("README has ## ndarray");
+        let block = section
+            .split("```rust,ignore\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("## ndarray has a rust,ignore block");
+        let module = include_str!("ndarray.rs");
+        for line in block.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                module.contains(&format!("//! {line}\n")),
+                "README line missing from the module example: {line}"
+            );
+        }
     }
 
     #[test]
