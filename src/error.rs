@@ -71,6 +71,29 @@ pub enum ConvError {
         /// What was wrong, with the position and the allowed range.
         what: String,
     },
+    /// An array passed to an `ndarray` function has the wrong shape for the spec.
+    ArrayShape {
+        /// The parameter name, e.g. `"x"`.
+        array: &'static str,
+        /// The shape that was passed.
+        actual: Vec<usize>,
+        /// The shape the spec requires.
+        expected: Vec<usize>,
+        /// The names of the axes, e.g. `"[N, C, H, W]"`.
+        axes: &'static str,
+    },
+    /// An array passed to an `ndarray` function is not in standard layout (contiguous,
+    /// row-major, positive strides), so it cannot be used as a slice without a copy.
+    NotStandardLayout {
+        /// The parameter name, e.g. `"x"`.
+        array: &'static str,
+        /// The array's shape.
+        shape: Vec<usize>,
+        /// The array's strides, in elements.
+        strides: Vec<isize>,
+        /// The strides of the standard layout for that shape.
+        expected_strides: Vec<isize>,
+    },
 }
 
 impl fmt::Display for ConvError {
@@ -125,6 +148,25 @@ impl fmt::Display for ConvError {
                 )
             }
             ConvError::InvalidValue { what } => write!(f, "{what}"),
+            ConvError::ArrayShape {
+                array,
+                actual,
+                expected,
+                axes,
+            } => write!(
+                f,
+                "{array} has shape {actual:?}, expected {expected:?} = {axes} of the spec"
+            ),
+            ConvError::NotStandardLayout {
+                array,
+                shape,
+                strides,
+                expected_strides,
+            } => write!(
+                f,
+                "{array} with shape {shape:?} has strides {strides:?}, expected {expected_strides:?} \
+                 (standard layout: contiguous row-major; `.as_standard_layout()` copies into it)"
+            ),
         }
     }
 }

@@ -43,6 +43,8 @@ mod element;
 mod error;
 mod gemm;
 mod im2col;
+#[cfg(feature = "ndarray")]
+pub mod ndarray;
 mod parallel;
 pub mod reference;
 mod scratch;
