@@ -25,8 +25,9 @@
 
 use crate::element::Element;
 use crate::parallel::*;
-use crate::scratch::take;
+use crate::scratch::{Scratch, take};
 use crate::shape::ConvGeometry;
+use crate::simd::madd;
 
 /// Width of the register block of the flat kernels.
 const LANES: usize = 16;
@@ -43,13 +44,60 @@ fn padded_dims(geo: &ConvGeometry) -> (usize, usize) {
     )
 }
 
-/// Copies one input plane into the middle of a zeroed `hp × wp` buffer.
-fn pad_plane<T: Element>(geo: &ConvGeometry, x: &[T], padded: &mut [T]) {
-    let (_, wp) = padded_dims(geo);
-    padded.fill(T::ZERO);
-    for (i, row) in x.chunks_exact(geo.w.input).enumerate() {
-        let start = (i + geo.h.padding) * wp + geo.w.padding;
-        padded[start..start + row.len()].copy_from_slice(row);
+/// A task's scratch, zeroed on first use. Later uses overwrite the same positions, so
+/// the zeros of the padding (and of junk columns) survive from plane to plane.
+struct Planes<T: Element> {
+    buffer: Scratch<T>,
+    zeroed: bool,
+}
+
+impl<T: Element> Planes<T> {
+    fn new(len: usize) -> Self {
+        Planes {
+            buffer: take(len),
+            zeroed: false,
+        }
+    }
+
+    /// The buffer, zero-filled the first time it is asked for.
+    fn get(&mut self) -> &mut [T] {
+        if !self.zeroed {
+            self.buffer.fill(T::ZERO);
+            self.zeroed = true;
+        }
+        &mut self.buffer
+    }
+}
+
+/// Copies `src` (rows of `src_w`) into `dst` (rows of `dst_w`), moved down by `shift_h`
+/// rows and right by `shift_w` columns; what falls outside `dst` is dropped. Positions of
+/// `dst` not covered keep their contents.
+fn place<T: Element>(
+    src: &[T],
+    src_w: usize,
+    dst: &mut [T],
+    dst_w: usize,
+    shift_h: isize,
+    shift_w: isize,
+) {
+    // Source columns c with 0 <= c + shift_w < dst_w.
+    let c0 = (-shift_w).max(0) as usize;
+    let c1 = ((dst_w as isize - shift_w).max(0) as usize).min(src_w);
+    if c0 >= c1 {
+        return;
+    }
+    for (r, row) in src.chunks_exact(src_w).enumerate() {
+        let target = r as isize + shift_h;
+        if target < 0 {
+            continue;
+        }
+        // The last destination row may be partial (a flat buffer that ends mid-row).
+        let start = target as usize * dst_w + (c0 as isize + shift_w) as usize;
+        if start >= dst.len() {
+            break;
+        }
+        let len = (c1 - c0).min(dst.len() - start);
+        dst[start..start + len].copy_from_slice(&row[c0..c0 + len]);
     }
 }
 
@@ -73,22 +121,24 @@ pub(crate) fn forward<T: Element>(
 ) {
     let (hp, wp) = padded_dims(geo);
     let (p, q) = (geo.h.output, geo.w.output);
+    let (pad_h, pad_w) = (geo.h.padding as isize, geo.w.padding as isize);
     let offsets = tap_offsets(geo, wp);
-    let flat_len = (p - 1) * wp + q;
+    let flat_len = if unit_stride(geo) {
+        (p - 1) * wp + q
+    } else {
+        0
+    };
     let multiplier = geo.filters_per_group;
     y.par_chunks_exact_mut(geo.out_plane)
         .enumerate()
         .for_each_init(
-            || take::<T>(hp * wp + if unit_stride(geo) { flat_len } else { 0 }),
-            |buffer, (plane, y_plane)| {
-                let (padded, flat) = buffer.split_at_mut(hp * wp);
+            || Planes::<T>::new(hp * wp + flat_len),
+            |planes, (plane, y_plane)| {
                 let (n, k) = (plane / geo.out_channels, plane % geo.out_channels);
                 let c = k / multiplier;
-                pad_plane(
-                    geo,
-                    &x[(n * geo.in_channels + c) * geo.in_plane..][..geo.in_plane],
-                    padded,
-                );
+                let (padded, flat) = planes.get().split_at_mut(hp * wp);
+                let x_plane = &x[(n * geo.in_channels + c) * geo.in_plane..][..geo.in_plane];
+                place(x_plane, geo.w.input, padded, wp, pad_h, pad_w);
                 let w_k = &w[k * geo.taps..][..geo.taps];
                 let b = bias.map_or(T::ZERO, |b| b[k]);
                 if unit_stride(geo) {
@@ -97,17 +147,16 @@ pub(crate) fn forward<T: Element>(
                         row.copy_from_slice(&flat[oh * wp..][..q]);
                     }
                 } else {
-                    for (oh, row) in y_plane.chunks_exact_mut(q).enumerate() {
-                        let base = oh * geo.h.stride * wp;
-                        for (ow, out) in row.iter_mut().enumerate() {
-                            let at = base + ow * geo.w.stride;
-                            let mut acc = b;
-                            for (&off, &wv) in offsets.iter().zip(w_k) {
-                                acc += wv * padded[at + off];
-                            }
-                            *out = acc;
-                        }
-                    }
+                    correlate_strided(
+                        padded,
+                        wp,
+                        [geo.h.stride, geo.w.stride],
+                        &offsets,
+                        w_k,
+                        b,
+                        y_plane,
+                        q,
+                    );
                 }
             },
         );
@@ -129,35 +178,21 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
         eh as isize - geo.h.padding as isize,
         ew as isize - geo.w.padding as isize,
     );
-    let offsets = tap_offsets(geo, wq);
-    let flipped: Vec<usize> = offsets.iter().rev().copied().collect();
+    let flipped: Vec<usize> = tap_offsets(geo, wq).into_iter().rev().collect();
     let flat_len = (geo.h.input - 1) * wq + geo.w.input;
     let multiplier = geo.filters_per_group;
-    let (p, q) = (geo.h.output, geo.w.output);
     dx.par_chunks_exact_mut(geo.in_plane)
         .enumerate()
         .for_each_init(
-            || take::<T>(hq * wq + flat_len),
-            |buffer, (plane, dx_plane)| {
-                let (shifted, flat) = buffer.split_at_mut(hq * wq);
+            || Planes::<T>::new(hq * wq + flat_len),
+            |planes, (plane, dx_plane)| {
                 let (n, c) = (plane / geo.in_channels, plane % geo.in_channels);
+                let (shifted, flat) = planes.get().split_at_mut(hq * wq);
                 for m in 0..multiplier {
                     let k = c * multiplier + m;
                     let dy_plane =
                         &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
-                    shifted.fill(T::ZERO);
-                    for oh in 0..p {
-                        let row = oh as isize + shift_h;
-                        if row < 0 || row as usize >= hq {
-                            continue;
-                        }
-                        for ow in 0..q {
-                            let col = ow as isize + shift_w;
-                            if col >= 0 && (col as usize) < wq {
-                                shifted[row as usize * wq + col as usize] = dy_plane[oh * q + ow];
-                            }
-                        }
-                    }
+                    place(dy_plane, geo.w.output, shifted, wq, shift_h, shift_w);
                     correlate_flat(
                         shifted,
                         &flipped,
@@ -228,7 +263,9 @@ pub(crate) fn backward_weights<T: Element>(
 ) {
     let (hp, wp) = padded_dims(geo);
     let (p, q) = (geo.h.output, geo.w.output);
+    let (pad_h, pad_w) = (geo.h.padding as isize, geo.w.padding as isize);
     let offsets = tap_offsets(geo, wp);
+    // dy laid out with the padded plane's row stride (wp); the junk columns stay zero.
     let flat_len = (p - 1) * wp + q;
     let multiplier = geo.filters_per_group;
     let want_db = db.is_some();
@@ -236,38 +273,30 @@ pub(crate) fn backward_weights<T: Element>(
         .par_chunks_exact_mut(geo.taps)
         .enumerate()
         .map_init(
-            || take::<T>(hp * wp + flat_len),
-            |buffer, (k, dw_k)| {
-                let (padded, dy_flat) = buffer.split_at_mut(hp * wp);
+            || Planes::<T>::new(hp * wp + flat_len),
+            |planes, (k, dw_k)| {
                 let c = k / multiplier;
+                let (padded, dy_flat) = planes.get().split_at_mut(hp * wp);
                 dw_k.fill(T::ZERO);
                 let mut bias_sum = T::ZERO;
                 for n in 0..geo.batch {
-                    pad_plane(
-                        geo,
-                        &x[(n * geo.in_channels + c) * geo.in_plane..][..geo.in_plane],
-                        padded,
-                    );
+                    let x_plane = &x[(n * geo.in_channels + c) * geo.in_plane..][..geo.in_plane];
+                    place(x_plane, geo.w.input, padded, wp, pad_h, pad_w);
                     let dy_plane =
                         &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
                     if unit_stride(geo) {
-                        // dy laid out with row stride wp; the junk columns are zero.
-                        dy_flat.fill(T::ZERO);
-                        for (oh, row) in dy_plane.chunks_exact(q).enumerate() {
-                            dy_flat[oh * wp..][..q].copy_from_slice(row);
-                        }
+                        place(dy_plane, q, dy_flat, wp, 0, 0);
                         dot_flat(dy_flat, padded, &offsets, dw_k);
                     } else {
-                        for (&off, g) in offsets.iter().zip(dw_k.iter_mut()) {
-                            let mut acc = T::ZERO;
-                            for (oh, row) in dy_plane.chunks_exact(q).enumerate() {
-                                let base = oh * geo.h.stride * wp + off;
-                                for (ow, &d) in row.iter().enumerate() {
-                                    acc += d * padded[base + ow * geo.w.stride];
-                                }
-                            }
-                            *g += acc;
-                        }
+                        dot_strided(
+                            dy_plane,
+                            q,
+                            padded,
+                            wp,
+                            [geo.h.stride, geo.w.stride],
+                            &offsets,
+                            dw_k,
+                        );
                     }
                     if want_db {
                         bias_sum += sum_in_lanes(dy_plane);
@@ -289,7 +318,7 @@ crate::dispatch! {
 }
 
 #[inline(always)]
-fn correlate_flat_body<T: Element>(
+fn correlate_flat_body<T: Element, const FMA: bool>(
     src: &[T],
     offsets: &[usize],
     weights: &[T],
@@ -303,7 +332,7 @@ fn correlate_flat_body<T: Element>(
         for (&off, &wv) in offsets.iter().zip(weights) {
             let s = &src[t + off..t + off + LANES];
             for j in 0..LANES {
-                acc[j] += wv * s[j];
+                acc[j] = madd::<T, FMA>(wv, s[j], acc[j]);
             }
         }
         out[t..t + LANES].copy_from_slice(&acc);
@@ -312,9 +341,35 @@ fn correlate_flat_body<T: Element>(
     for (i, o) in out.iter_mut().enumerate().skip(t) {
         let mut acc = init;
         for (&off, &wv) in offsets.iter().zip(weights) {
-            acc += wv * src[i + off];
+            acc = madd::<T, FMA>(wv, src[i + off], acc);
         }
         *o = acc;
+    }
+}
+
+/// Strided forward on a padded plane (rare: no flat form): `out[p][q] = init +
+/// Σ_i weights[i] · src[p·stride_h·width + q·stride_w + offsets[i]]`.
+#[allow(clippy::too_many_arguments)]
+fn correlate_strided<T: Element>(
+    src: &[T],
+    width: usize,
+    stride: [usize; 2],
+    offsets: &[usize],
+    weights: &[T],
+    init: T,
+    out: &mut [T],
+    out_w: usize,
+) {
+    for (oh, row) in out.chunks_exact_mut(out_w).enumerate() {
+        let base = oh * stride[0] * width;
+        for (ow, o) in row.iter_mut().enumerate() {
+            let at = base + ow * stride[1];
+            let mut acc = init;
+            for (&off, &wv) in offsets.iter().zip(weights) {
+                acc += wv * src[at + off];
+            }
+            *o = acc;
+        }
     }
 }
 
@@ -325,21 +380,51 @@ crate::dispatch! {
 }
 
 #[inline(always)]
-fn dot_flat_body<T: Element>(a: &[T], src: &[T], offsets: &[usize], out: &mut [T]) {
+fn dot_flat_body<T: Element, const FMA: bool>(
+    a: &[T],
+    src: &[T],
+    offsets: &[usize],
+    out: &mut [T],
+) {
+    let n = a.len();
     for (&off, o) in offsets.iter().zip(out.iter_mut()) {
-        let b = &src[off..off + a.len()];
+        let b = &src[off..off + n];
         let mut lanes = [T::ZERO; LANES];
-        let mut ca = a.chunks_exact(LANES);
-        let mut cb = b.chunks_exact(LANES);
-        for (x, y) in (&mut ca).zip(&mut cb) {
+        let mut t = 0;
+        while t + LANES <= n {
+            let (x, y) = (&a[t..t + LANES], &b[t..t + LANES]);
             for j in 0..LANES {
-                lanes[j] += x[j] * y[j];
+                lanes[j] = madd::<T, FMA>(x[j], y[j], lanes[j]);
             }
+            t += LANES;
         }
-        for (j, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
-            lanes[j] += *x * *y;
+        for j in t..n {
+            lanes[j - t] = madd::<T, FMA>(a[j], b[j], lanes[j - t]);
         }
         *o += reduce_lanes(&lanes);
+    }
+}
+
+/// Strided weight gradient on a padded plane (rare: no flat form): `out[i] += Σ_{p,q}
+/// dy[p][q] · src[p·stride_h·width + q·stride_w + offsets[i]]`.
+fn dot_strided<T: Element>(
+    dy: &[T],
+    dy_w: usize,
+    src: &[T],
+    width: usize,
+    stride: [usize; 2],
+    offsets: &[usize],
+    out: &mut [T],
+) {
+    for (&off, o) in offsets.iter().zip(out.iter_mut()) {
+        let mut acc = T::ZERO;
+        for (oh, row) in dy.chunks_exact(dy_w).enumerate() {
+            let base = oh * stride[0] * width + off;
+            for (ow, &d) in row.iter().enumerate() {
+                acc += d * src[base + ow * stride[1]];
+            }
+        }
+        *o += acc;
     }
 }
 

@@ -53,6 +53,8 @@ pub trait Element:
     fn tanh(self) -> Self;
     /// Natural logarithm.
     fn ln(self) -> Self;
+    /// `self · a + b` with one rounding.
+    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
 pub(crate) mod sealed {
@@ -119,6 +121,10 @@ macro_rules! impl_element {
             #[inline]
             fn ln(self) -> Self {
                 $t::ln(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                $t::mul_add(self, a, b)
             }
         }
 

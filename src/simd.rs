@@ -61,8 +61,17 @@ pub fn isa_name() -> &'static str {
     }
 }
 
-/// Defines `$name` as a safe function that runs the `#[inline(always)]` generic `$body`
-/// compiled for the selected [`Isa`].
+/// `a · b + c`, fused into one FMA instruction when `FMA` is true (the AVX2 and AVX-512
+/// paths, whose CPUs have it), as a separate multiply and add otherwise (the baseline
+/// path, where `mul_add` would be a slow library call).
+#[inline(always)]
+pub(crate) fn madd<T: crate::Element, const FMA: bool>(a: T, b: T, c: T) -> T {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// Defines `$name` as a safe function that runs the `#[inline(always)]` generic
+/// `$body::<T, FMA>` compiled for the selected [`Isa`] (`FMA` is true on the AVX2 and
+/// AVX-512 paths).
 ///
 /// ```ignore
 /// dispatch! {
@@ -80,9 +89,9 @@ macro_rules! dispatch {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                fn avx512<$t: $crate::Element>($($arg: $ty),*) $(-> $ret)? { $body::<$t>($($arg),*) }
+                fn avx512<$t: $crate::Element>($($arg: $ty),*) $(-> $ret)? { $body::<$t, true>($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2<$t: $crate::Element>($($arg: $ty),*) $(-> $ret)? { $body::<$t>($($arg),*) }
+                fn avx2<$t: $crate::Element>($($arg: $ty),*) $(-> $ret)? { $body::<$t, true>($($arg),*) }
                 match $crate::simd::isa() {
                     // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
                     $crate::simd::Isa::Avx512 => return unsafe { avx512::<$t>($($arg),*) },
@@ -91,7 +100,7 @@ macro_rules! dispatch {
                     $crate::simd::Isa::Scalar => {}
                 }
             }
-            $body::<$t>($($arg),*)
+            $body::<$t, false>($($arg),*)
         }
     };
 }
