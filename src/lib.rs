@@ -43,6 +43,7 @@ mod error;
 mod gemm;
 mod im2col;
 mod parallel;
+mod pool;
 pub mod reference;
 mod shape;
 mod tiling;
@@ -50,6 +51,7 @@ mod tiling;
 pub use conv::{Conv2d, Pass, Workspace};
 pub use element::Element;
 pub use error::ConvError;
+pub use pool::{AvgPool2d, MaxPool2d, Pool2dSpec};
 pub use shape::Conv2dSpec;
 
 /// The README's examples, compiled and run as doc tests.
