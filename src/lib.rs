@@ -37,6 +37,7 @@
 //! - [`ConvError`]: every failure, never a panic.
 #![warn(missing_docs)]
 
+mod activation;
 mod conv;
 mod element;
 mod error;
@@ -48,6 +49,7 @@ pub mod reference;
 mod shape;
 mod tiling;
 
+pub use activation::Activation;
 pub use conv::{Conv2d, Pass, Workspace};
 pub use element::Element;
 pub use error::ConvError;
