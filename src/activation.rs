@@ -30,7 +30,22 @@ use crate::element::Element;
 use crate::element::sealed::Lanes;
 use crate::error::{ConvError, check_len};
 
-/// An element-wise activation function; see the [module docs](self) for the formulas.
+/// An element-wise activation function `y = f(a)`.
+///
+/// The backward pass ([`Activation::backward_in_place`]) takes the output `y`, never the
+/// pre-activation `a`: every derivative here is a function of the output.
+///
+/// | activation | `f(a)` | `f'(a)` from the output `y` |
+/// |---|---|---|
+/// | [`Identity`](Activation::Identity) | `a` | `1` |
+/// | [`Relu`](Activation::Relu) | `max(a, 0)` | `1` if `y > 0`, else `0` |
+/// | [`LeakyRelu(s)`](Activation::LeakyRelu) | `a` if `a > 0`, else `s·a` | `1` if `y > 0`, else `s` (needs `s ≥ 0`) |
+/// | [`Sigmoid`](Activation::Sigmoid) | `1 / (1 + e^−a)` | `y·(1 − y)` |
+/// | [`Tanh`](Activation::Tanh) | `tanh(a)` | `1 − y²` |
+///
+/// At the kink `a = 0` the derivative taken is the left one (`0`, `s`), as in PyTorch;
+/// ReLU and leaky ReLU pass NaN through. The kernels are vectorized with `wide` and run
+/// on the calling thread.
 ///
 /// ```
 /// use convgemm::Activation;

@@ -186,7 +186,15 @@ impl PoolGeometry {
     }
 }
 
-/// A validated 2-D max pooling plan; see the [module docs](self) for the semantics.
+/// A validated 2-D max pooling plan, PyTorch's `max_pool2d` in floor mode (shapes and
+/// layouts in [`Pool2dSpec`]).
+///
+/// `y[p, q]` is the largest input in its window (padding counts as −∞, so it never wins)
+/// and `argmax[p, q]` that input's flat index `h·W + w` in its plane. Ties go to the
+/// first maximum in row-major window order; a NaN wins over any number (the first NaN).
+/// The backward pass routes each `dy[p, q]` to `dx[argmax[p, q]]`. Calls run over
+/// `(image, channel)` planes in the caller's rayon pool, bit-identical for any number of
+/// threads.
 ///
 /// ```
 /// use convgemm::{MaxPool2d, Pool2dSpec};
@@ -319,7 +327,14 @@ impl MaxPool2d {
     }
 }
 
-/// A validated 2-D average pooling plan; see the [module docs](self) for the semantics.
+/// A validated 2-D average pooling plan, PyTorch's `avg_pool2d` in floor mode (shapes and
+/// layouts in [`Pool2dSpec`]).
+///
+/// `y[p, q] = Σ window / d`, where `d = kernel[0]·kernel[1]` with `count_include_pad`
+/// (PyTorch's default) and the number of input elements in the window without. The
+/// backward pass adds `dy[p, q] / d` to every input of the window. Calls run over
+/// `(image, channel)` planes in the caller's rayon pool, bit-identical for any number of
+/// threads.
 ///
 /// ```
 /// use convgemm::{AvgPool2d, Pool2dSpec};
