@@ -2,7 +2,8 @@
 //!
 //! Everything in convgemm is written once, generic over [`Element`]. The trait is sealed:
 //! its hidden supertrait carries the per-type kernels (the GEMM entry point of
-//! matrixmultiply), so only the two float types can implement it.
+//! matrixmultiply, and the `wide` SIMD vector the element-wise kernels use), so only the
+//! two float types can implement it.
 
 use std::fmt::{Debug, Display};
 use std::iter::Sum;
@@ -58,8 +59,13 @@ pub trait Element:
 }
 
 pub(crate) mod sealed {
+    use std::ops::{Add, Mul, Sub};
+
     /// Per-type kernels. Not nameable outside the crate, which seals [`super::Element`].
     pub trait Kernels: Sized {
+        /// The `wide` SIMD vector of this type (`f32x8`, `f64x4`), for element-wise kernels.
+        type Simd: Lanes<Self>;
+
         /// `C = alpha · A · B + beta · C` on strided matrices (A is m×k, B is k×n, C is
         /// m×n; strides in elements).
         ///
@@ -85,10 +91,33 @@ pub(crate) mod sealed {
             csc: isize,
         );
     }
+
+    /// A `wide` vector of [`Lanes::LANES`] elements of `T`: the operations the element-wise
+    /// kernels (activations) are written with.
+    ///
+    /// Every operation is the IEEE-754 operation applied lane by lane (no fused
+    /// multiply-add), so a kernel gives the same bits as a scalar loop doing the same
+    /// operations in the same order; that is what lets a kernel handle its tail with
+    /// scalar code and be tested bit for bit.
+    pub trait Lanes<T>:
+        Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self>
+    {
+        /// Elements per vector.
+        const LANES: usize;
+        /// All lanes equal to `v`.
+        fn splat(v: T) -> Self;
+        /// The first `LANES` elements of `s`. Panics if `s` is shorter (a bug in a kernel:
+        /// they only pass `chunks_exact(LANES)`).
+        fn load(s: &[T]) -> Self;
+        /// Writes the lanes to the first `LANES` elements of `s` (same contract as `load`).
+        fn store(self, s: &mut [T]);
+        /// Per lane: `if a > b { if_true } else { if_false }` (false when either is NaN).
+        fn select_gt(a: Self, b: Self, if_true: Self, if_false: Self) -> Self;
+    }
 }
 
 macro_rules! impl_element {
-    ($t:ident, $gemm:path) => {
+    ($t:ident, $gemm:path, $simd:ident, $lanes:literal) => {
         impl Element for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -128,7 +157,31 @@ macro_rules! impl_element {
             }
         }
 
+        impl sealed::Lanes<$t> for wide::$simd {
+            const LANES: usize = $lanes;
+            #[inline(always)]
+            fn splat(v: $t) -> Self {
+                wide::$simd::splat(v)
+            }
+            #[inline(always)]
+            fn load(s: &[$t]) -> Self {
+                let lanes: &[$t; $lanes] = s.first_chunk().expect("a full chunk of lanes");
+                wide::$simd::new(*lanes)
+            }
+            #[inline(always)]
+            fn store(self, s: &mut [$t]) {
+                let lanes: &mut [$t; $lanes] = s.first_chunk_mut().expect("a full chunk of lanes");
+                *lanes = self.to_array();
+            }
+            #[inline(always)]
+            fn select_gt(a: Self, b: Self, if_true: Self, if_false: Self) -> Self {
+                a.simd_gt(b).select(if_true, if_false)
+            }
+        }
+
         impl sealed::Kernels for $t {
+            type Simd = wide::$simd;
+
             #[inline]
             unsafe fn gemm_raw(
                 m: usize,
@@ -154,5 +207,5 @@ macro_rules! impl_element {
     };
 }
 
-impl_element!(f32, matrixmultiply::sgemm);
-impl_element!(f64, matrixmultiply::dgemm);
+impl_element!(f32, matrixmultiply::sgemm, f32x8, 8);
+impl_element!(f64, matrixmultiply::dgemm, f64x4, 4);

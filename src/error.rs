@@ -65,6 +65,14 @@ pub enum ConvError {
         /// How `expected` is made up, e.g. `"K 64 × C/groups 1 × R 3 × S 3"`.
         formula: String,
     },
+    /// A max-pooling input plane has more positions than a `u32` argmax can index
+    /// (`H·W > 2^32`).
+    PlaneTooLarge {
+        /// Input height `H`.
+        in_h: usize,
+        /// Input width `W`.
+        in_w: usize,
+    },
     /// A value inside a buffer is invalid for the call (for example a max-pool index that
     /// points outside its input plane).
     InvalidValue {
@@ -147,6 +155,11 @@ impl fmt::Display for ConvError {
                     "{buffer} has {actual} elements, expected {expected} = {formula}"
                 )
             }
+            ConvError::PlaneTooLarge { in_h, in_w } => write!(
+                f,
+                "input plane H {in_h} × W {in_w} has more positions than a u32 argmax can index; \
+                 expected H × W <= 2^32"
+            ),
             ConvError::InvalidValue { what } => write!(f, "{what}"),
             ConvError::ArrayShape {
                 array,

@@ -38,6 +38,17 @@ impl<'a, T> MatRef<'a, T> {
             col_stride: 1,
         }
     }
+
+    /// The transpose of this view (no copy: the strides swap).
+    pub(crate) fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
 }
 
 /// A writable strided matrix view, as [`MatRef`].

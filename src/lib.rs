@@ -33,28 +33,37 @@
 //! - `im2col` / `col2im` (the lowering), the GEMM wrapper (`gemm`), the work split
 //!   (`tiling`);
 //! - the three passes (`conv`);
+//! - the rest of the backward chain (`delta_l = upsample(col2im(W_{l+1}ᵀ · delta_{l+1}))
+//!   ⊙ f'(a_l)`): [`MaxPool2d`] / [`AvgPool2d`] (`pool`), [`Activation`] (`activation`)
+//!   and the fully connected [`Linear`] (`linear`);
 //! - [`reference`]: naive loops, the ground truth;
 //! - [`ConvError`]: every failure, never a panic.
 #![warn(missing_docs)]
 
+mod activation;
 mod conv;
 mod depthwise;
 mod element;
 mod error;
 mod gemm;
 mod im2col;
+mod linear;
 #[cfg(feature = "ndarray")]
 pub mod ndarray;
 mod parallel;
+mod pool;
 pub mod reference;
 mod scratch;
 mod shape;
 mod simd;
 mod tiling;
 
+pub use activation::Activation;
 pub use conv::{Conv2d, Pass, Workspace};
 pub use element::Element;
 pub use error::ConvError;
+pub use linear::Linear;
+pub use pool::{AvgPool2d, MaxPool2d, Pool2dSpec};
 pub use shape::Conv2dSpec;
 pub use simd::isa_name;
 
