@@ -23,6 +23,7 @@
 //! input channel `k / m`. Parallelism is over channel planes; every sum has a fixed order,
 //! so results do not depend on the thread count.
 
+use crate::activation::{Activation, apply_in_place};
 use crate::element::Element;
 use crate::parallel::*;
 use crate::scratch::{Scratch, take};
@@ -117,6 +118,7 @@ pub(crate) fn forward<T: Element>(
     x: &[T],
     w: &[T],
     bias: Option<&[T]>,
+    act: Activation,
     y: &mut [T],
 ) {
     let (hp, wp) = padded_dims(geo);
@@ -146,6 +148,7 @@ pub(crate) fn forward<T: Element>(
                     for (oh, row) in y_plane.chunks_exact_mut(q).enumerate() {
                         row.copy_from_slice(&flat[oh * wp..][..q]);
                     }
+                    apply_in_place(act, y_plane);
                 } else {
                     correlate_strided(
                         padded,
@@ -157,6 +160,7 @@ pub(crate) fn forward<T: Element>(
                         y_plane,
                         q,
                     );
+                    apply_in_place(act, y_plane);
                 }
             },
         );

@@ -36,7 +36,7 @@
 //! - the rest of the backward chain (`delta_l = upsample(col2im(W_{l+1}ᵀ · delta_{l+1}))
 //!   ⊙ f'(a_l)`): [`MaxPool2d`] / [`AvgPool2d`] (`pool`), [`Activation`] (`activation`)
 //!   and the fully connected [`Linear`] (`linear`);
-//! - [`reference`]: naive loops, the ground truth;
+//! - [`reference`](mod@reference): naive loops, the ground truth;
 //! - [`ConvError`]: every failure, never a panic.
 #![warn(missing_docs)]
 

@@ -2,7 +2,7 @@
 //!
 //! Per image, per pixel tile, per group: im2col fills a bounded column tile
 //! (`(C/groups)·R·S × len`), one GEMM writes the `K/groups × len` block of `y` in place
-//! (row stride `P·Q`), and the bias is added while that block is still in cache. A
+//! (row stride `P·Q`), and the bias and activation are applied while that block is still in cache. A
 //! pointwise layer (1×1, stride 1, no padding) skips im2col: the input planes are the
 //! column matrix.
 //!
@@ -11,6 +11,7 @@
 
 use crate::parallel::*;
 
+use crate::activation::{Activation, apply_in_place};
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm};
 use crate::im2col::im2col;
@@ -54,6 +55,7 @@ pub(crate) fn forward<T: Element>(
     x: &[T],
     w: &[T],
     bias: Option<&[T]>,
+    act: Activation,
     y: &mut [T],
 ) {
     let x_image = geo.in_channels * geo.in_plane;
@@ -73,7 +75,7 @@ pub(crate) fn forward<T: Element>(
                         offset: 0,
                         row_stride: len,
                     };
-                    forward_tile(geo, x, w, bias, out, pix0, len, col);
+                    forward_tile(geo, x, w, bias, act, out, pix0, len, col);
                     block
                 },
             )
@@ -99,7 +101,7 @@ pub(crate) fn forward<T: Element>(
                         offset: pix0,
                         row_stride: geo.out_plane,
                     };
-                    forward_tile(geo, x_n, w, bias, out, pix0, len, col);
+                    forward_tile(geo, x_n, w, bias, act, out, pix0, len, col);
                 }
             },
         );
@@ -112,6 +114,7 @@ fn forward_tile<T: Element>(
     x_n: &[T],
     w: &[T],
     bias: Option<&[T]>,
+    act: Activation,
     out: OutTile<'_, T>,
     pix0: usize,
     len: usize,
@@ -136,11 +139,17 @@ fn forward_tile<T: Element>(
             T::ZERO,
             MatMut::row_major(&mut *y_g, kg, len, out.row_stride),
         );
-        if let Some(bias) = bias {
-            for (k, &b) in bias[g * kg..][..kg].iter().enumerate() {
-                for v in &mut y_g[k * out.row_stride..][..len] {
-                    *v += b;
+        // Epilogue, while the block is in cache: bias, then the activation, row by row.
+        if bias.is_some() || act != Activation::Identity {
+            for k in 0..kg {
+                let row = &mut y_g[k * out.row_stride..][..len];
+                if let Some(bias) = bias {
+                    let b = bias[g * kg + k];
+                    for v in row.iter_mut() {
+                        *v += b;
+                    }
                 }
+                apply_in_place(act, row);
             }
         }
     }

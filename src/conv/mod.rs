@@ -12,6 +12,7 @@ mod backward_data;
 mod backward_weights;
 mod forward;
 
+use crate::activation::Activation;
 use crate::depthwise;
 use crate::element::Element;
 use crate::error::ConvError;
@@ -189,6 +190,26 @@ impl Conv2d {
         bias: Option<&[T]>,
         y: &mut [T],
     ) -> Result<(), ConvError> {
+        self.forward_activated(x, w, bias, Activation::Identity, y)
+    }
+
+    /// Forward pass with a fused epilogue: `y = f(conv2d(x, w) + bias)`.
+    ///
+    /// The bias and the activation `f` are applied to each output block right after its
+    /// GEMM, while it is still in cache, so a conv + bias + relu layer writes its output
+    /// once and never reads it back. Shapes as [`Conv2d::forward`]; for the backward pass,
+    /// [`Activation::backward_in_place`] takes the `y` this call leaves.
+    ///
+    /// # Errors
+    /// [`ConvError::BufferLength`] if a buffer has the wrong length.
+    pub fn forward_activated<T: Element>(
+        &self,
+        x: &[T],
+        w: &[T],
+        bias: Option<&[T]>,
+        activation: Activation,
+        y: &mut [T],
+    ) -> Result<(), ConvError> {
         self.geo.check_x("x", x.len())?;
         self.geo.check_w("w", w.len())?;
         if let Some(b) = bias {
@@ -196,8 +217,8 @@ impl Conv2d {
         }
         self.geo.check_y("y", y.len())?;
         match self.algorithm {
-            Algorithm::Gemm => forward::forward(&self.geo, x, w, bias, y),
-            Algorithm::Depthwise => depthwise::forward(&self.geo, x, w, bias, y),
+            Algorithm::Gemm => forward::forward(&self.geo, x, w, bias, activation, y),
+            Algorithm::Depthwise => depthwise::forward(&self.geo, x, w, bias, activation, y),
         }
         Ok(())
     }
