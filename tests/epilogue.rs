@@ -39,8 +39,10 @@ fn fused_epilogue_equals_forward_then_activation() {
                 );
                 if act == Activation::Relu {
                     assert!(fused.iter().all(|v| *v >= 0.0));
-                        case.name,
-                        &plain.iter().map(|v| v.abs() + 1.0).collect::<Vec<_>>(),
+                    assert!(
+                        fused.iter().any(|v| *v > 0.0),
+                        "{}: relu output all zero",
+                        case.name
                     );
                 }
             }
