@@ -390,23 +390,43 @@ fn dot_flat_body<T: Element, const FMA: bool>(
     offsets: &[usize],
     out: &mut [T],
 ) {
+    /// Taps per pass over `a`: independent accumulator chains that share each load of `a`.
+    const TAPS: usize = 4;
     let n = a.len();
-    for (&off, o) in offsets.iter().zip(out.iter_mut()) {
-        let b = &src[off..off + n];
-        let mut lanes = [T::ZERO; LANES];
-        let mut t = 0;
-        while t + LANES <= n {
-            let (x, y) = (&a[t..t + LANES], &b[t..t + LANES]);
-            for j in 0..LANES {
-                lanes[j] = madd::<T, FMA>(x[j], y[j], lanes[j]);
+    let full = n - n % LANES;
+    for (offs, outs) in offsets.chunks(TAPS).zip(out.chunks_mut(TAPS)) {
+        // A short last group repeats its first tap; those sums are dropped.
+        let off: [usize; TAPS] = std::array::from_fn(|i| offs.get(i).copied().unwrap_or(offs[0]));
+        let b: [&[T]; TAPS] = std::array::from_fn(|i| &src[off[i]..off[i] + n]);
+        let mut lanes = [[T::ZERO; LANES]; TAPS];
+        for t in (0..full).step_by(LANES) {
+            let x: &[T; LANES] = a[t..t + LANES]
+                .try_into()
+                .expect("a block of LANES elements");
+            for i in 0..TAPS {
+                let y: &[T; LANES] = b[i][t..t + LANES]
+                    .try_into()
+                    .expect("a block of LANES elements");
+                lanes[i] = fma_lanes::<T, FMA>(lanes[i], x, y);
             }
-            t += LANES;
         }
-        for j in t..n {
-            lanes[j - t] = madd::<T, FMA>(a[j], b[j], lanes[j - t]);
+        for (i, o) in outs.iter_mut().enumerate() {
+            for (j, (x, y)) in a[full..].iter().zip(&b[i][full..]).enumerate() {
+                lanes[i][j] = madd::<T, FMA>(*x, *y, lanes[i][j]);
+            }
+            *o += reduce_lanes(&lanes[i]);
         }
-        *o += reduce_lanes(&lanes);
     }
+}
+
+/// `acc + x ⊙ y` on whole register blocks (by value, so the block lives in registers).
+#[inline(always)]
+fn fma_lanes<T: Element, const FMA: bool>(
+    acc: [T; LANES],
+    x: &[T; LANES],
+    y: &[T; LANES],
+) -> [T; LANES] {
+    std::array::from_fn(|j| madd::<T, FMA>(x[j], y[j], acc[j]))
 }
 
 /// Strided weight gradient on a padded plane (rare: no flat form): `out[i] += Σ_{p,q}
