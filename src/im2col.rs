@@ -51,21 +51,124 @@ fn runs(out_w: usize, pix0: usize, len: usize) -> impl Iterator<Item = Run> {
     })
 }
 
+/// How the input planes im2col reads (and col2im writes) are stored.
+///
+/// `Dense` is the caller's layout: each channel an `H × W` plane. For strided layers a
+/// window run steps `stride_w` apart in such a row, a slow gather. `Phased` stores each
+/// channel as `stride_w` sub-planes of the columns `iw ≡ phase (mod stride_w)`: there the
+/// same run is contiguous, so im2col copies and col2im adds whole slices. Splitting an
+/// image once costs one pass over it; every tap of every window then reads contiguously.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlaneLayout {
+    /// Column phases per channel: 1 (dense) or `stride_w`.
+    phases: usize,
+    /// Stored row length: `W` (dense) or `ceil(W / stride_w)`.
+    row_len: usize,
+    /// Elements per channel: `phases · H · row_len`.
+    pub channel_len: usize,
+}
+
+impl PlaneLayout {
+    /// The caller's `H × W` planes.
+    pub(crate) fn dense(geo: &ConvGeometry) -> PlaneLayout {
+        PlaneLayout {
+            phases: 1,
+            row_len: geo.w.input,
+            channel_len: geo.in_plane,
+        }
+    }
+
+    /// The layout im2col should read: phased for layers whose windows step more than one
+    /// column and overlap (`stride_w > 1` and more than one tap), dense otherwise.
+    pub(crate) fn for_lowering(geo: &ConvGeometry) -> PlaneLayout {
+        if geo.w.stride > 1 && geo.taps > 1 {
+            let phases = geo.w.stride;
+            let row_len = geo.w.input.div_ceil(phases);
+            PlaneLayout {
+                phases,
+                row_len,
+                channel_len: phases * geo.h.input * row_len,
+            }
+        } else {
+            PlaneLayout::dense(geo)
+        }
+    }
+
+    pub(crate) fn is_dense(&self) -> bool {
+        self.phases == 1
+    }
+
+    /// Offset of input element `(ih, iw)` within one channel.
+    #[inline]
+    fn offset(&self, geo: &ConvGeometry, ih: usize, iw: usize) -> usize {
+        (iw % self.phases) * geo.h.input * self.row_len + ih * self.row_len + iw / self.phases
+    }
+}
+
+/// Copies `c_count` dense planes into `layout` (a no-op copy for the dense layout).
+pub(crate) fn split_phases<T: Element>(
+    geo: &ConvGeometry,
+    layout: &PlaneLayout,
+    dense: &[T],
+    out: &mut [T],
+) {
+    let (h, w) = (geo.h.input, geo.w.input);
+    for (plane, dst) in dense
+        .chunks_exact(geo.in_plane)
+        .zip(out.chunks_exact_mut(layout.channel_len))
+    {
+        for phase in 0..layout.phases.min(w) {
+            for ih in 0..h {
+                let row = &plane[ih * w + phase..(ih + 1) * w];
+                let to = &mut dst[layout.offset(geo, ih, phase)..][..layout.row_len];
+                for (d, s) in to.iter_mut().zip(row.iter().step_by(layout.phases)) {
+                    *d = *s;
+                }
+            }
+        }
+    }
+}
+
+/// The inverse of [`split_phases`]: writes every element of `c_count` dense planes.
+pub(crate) fn merge_phases<T: Element>(
+    geo: &ConvGeometry,
+    layout: &PlaneLayout,
+    phased: &[T],
+    dense: &mut [T],
+) {
+    let (h, w) = (geo.h.input, geo.w.input);
+    for (src, plane) in phased
+        .chunks_exact(layout.channel_len)
+        .zip(dense.chunks_exact_mut(geo.in_plane))
+    {
+        for phase in 0..layout.phases.min(w) {
+            for ih in 0..h {
+                let from = &src[layout.offset(geo, ih, phase)..][..layout.row_len];
+                let row = &mut plane[ih * w + phase..(ih + 1) * w];
+                for (d, s) in row.iter_mut().step_by(layout.phases).zip(from) {
+                    *d = *s;
+                }
+            }
+        }
+    }
+}
+
 /// Fills the column tile for output pixels `pix0 .. pix0 + len`.
 ///
-/// - `x_planes`: `c_count` input planes, `c_count·H·W` elements (one group's channels, or
-///   a channel block of it);
+/// - `planes`: `c_count` input channels in `layout` (one group's channels, or a channel
+///   block of it);
 /// - `col`: `(c_count·R·S) × len`, row-major, fully overwritten.
 pub(crate) fn im2col<T: Element>(
     geo: &ConvGeometry,
-    x_planes: &[T],
+    layout: &PlaneLayout,
+    planes: &[T],
     pix0: usize,
     len: usize,
     col: &mut [T],
 ) {
-    let (in_w, out_w) = (geo.w.input, geo.w.output);
-    let stride_w = geo.w.stride;
-    for (c, plane) in x_planes.chunks_exact(geo.in_plane).enumerate() {
+    let out_w = geo.w.output;
+    let step = geo.w.stride / layout.phases;
+    for (c, plane) in planes.chunks_exact(layout.channel_len).enumerate() {
         for r in 0..geo.h.kernel {
             let (oh_lo, oh_hi) = geo.h.valid_outputs(r);
             for s in 0..geo.w.kernel {
@@ -89,8 +192,7 @@ pub(crate) fn im2col<T: Element>(
                     }
                     let ih = geo.h.input_index(run.oh, r);
                     let iw0 = geo.w.input_index(a, s);
-                    let src = &plane[ih * in_w..][..in_w];
-                    gather(mid, &src[iw0..], stride_w);
+                    gather(mid, &plane[layout.offset(geo, ih, iw0)..], step);
                 }
             }
         }
@@ -101,17 +203,19 @@ pub(crate) fn im2col<T: Element>(
 /// planes (the adjoint of [`im2col`]).
 ///
 /// - `col`: `(c_count·R·S) × len`, row-major;
-/// - `dx_planes`: `c_count·H·W` elements, accumulated into (the caller zeroes them once).
+/// - `planes`: `c_count` channels in `layout`, accumulated into (the caller zeroes them
+///   once).
 pub(crate) fn col2im<T: Element>(
     geo: &ConvGeometry,
+    layout: &PlaneLayout,
     col: &[T],
     pix0: usize,
     len: usize,
-    dx_planes: &mut [T],
+    planes: &mut [T],
 ) {
-    let (in_w, out_w) = (geo.w.input, geo.w.output);
-    let stride_w = geo.w.stride;
-    for (c, plane) in dx_planes.chunks_exact_mut(geo.in_plane).enumerate() {
+    let out_w = geo.w.output;
+    let step = geo.w.stride / layout.phases;
+    for (c, plane) in planes.chunks_exact_mut(layout.channel_len).enumerate() {
         for r in 0..geo.h.kernel {
             let (oh_lo, oh_hi) = geo.h.valid_outputs(r);
             for s in 0..geo.w.kernel {
@@ -130,8 +234,7 @@ pub(crate) fn col2im<T: Element>(
                     let ih = geo.h.input_index(run.oh, r);
                     let iw0 = geo.w.input_index(a, s);
                     let src = &src_row[run.dst_offset + (a - run.ow0)..][..b - a];
-                    let dst = &mut plane[ih * in_w..][..in_w];
-                    scatter_add(&mut dst[iw0..], src, stride_w);
+                    scatter_add(&mut plane[layout.offset(geo, ih, iw0)..], src, step);
                 }
             }
         }

@@ -18,6 +18,7 @@ mod sequential {
     pub(crate) trait ParSlice<T> {
         fn par_iter(&self) -> std::slice::Iter<'_, T>;
         fn par_chunks_exact(&self, size: usize) -> std::slice::ChunksExact<'_, T>;
+        fn par_chunks(&self, size: usize) -> std::slice::Chunks<'_, T>;
     }
 
     impl<T> ParSlice<T> for [T] {
@@ -26,6 +27,9 @@ mod sequential {
         }
         fn par_chunks_exact(&self, size: usize) -> std::slice::ChunksExact<'_, T> {
             self.chunks_exact(size)
+        }
+        fn par_chunks(&self, size: usize) -> std::slice::Chunks<'_, T> {
+            self.chunks(size)
         }
     }
 

@@ -12,7 +12,7 @@ use crate::parallel::*;
 
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm};
-use crate::im2col::col2im;
+use crate::im2col::{PlaneLayout, col2im, merge_phases};
 use crate::scratch::take;
 use crate::shape::ConvGeometry;
 use crate::tiling::{tile_len, tiles};
@@ -42,11 +42,22 @@ pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
     tile_and_buffer(geo, elem_size).1
 }
 
+/// Elements of the phase-split accumulation buffer each task allocates (0 when dense).
+pub(crate) fn phased_len(geo: &ConvGeometry) -> usize {
+    let layout = PlaneLayout::for_lowering(geo);
+    if layout.is_dense() {
+        0
+    } else {
+        channel_block(geo) * layout.channel_len
+    }
+}
+
 pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
     let x_image = geo.in_channels * geo.in_plane;
     let y_image = geo.out_channels * geo.out_plane;
     let cg = geo.channels_per_group;
-    let (tile, buffer_len) = tile_and_buffer(geo, size_of::<T>());
+    let (tile, dcol_len) = tile_and_buffer(geo, size_of::<T>());
+    let scratch_len = dcol_len + phased_len(geo);
     if geo.batch == 1 {
         let block = channel_block(geo);
         dx.par_chunks_exact_mut(cg * geo.in_plane)
@@ -55,16 +66,10 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
                 dx_g.par_chunks_mut(block * geo.in_plane)
                     .enumerate()
                     .for_each_init(
-                        || take::<T>(buffer_len),
-                        |dcol, (b, dx_block)| {
-                            dx_block.fill(T::ZERO);
+                        || take::<T>(scratch_len),
+                        |scratch, (b, dx_block)| {
                             let c0 = b * block;
-                            let channels = dx_block.len() / geo.in_plane;
-                            for (pix0, len) in tiles(geo.out_plane, tile) {
-                                backward_data_tile(
-                                    geo, dy, w, g, c0, channels, dx_block, pix0, len, dcol,
-                                );
-                            }
+                            backward_data_block(geo, dy, w, g, c0, dx_block, tile, scratch);
                         },
                     );
             });
@@ -73,35 +78,71 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
     dx.par_chunks_exact_mut(x_image)
         .zip(dy.par_chunks_exact(y_image))
         .for_each_init(
-            || take::<T>(buffer_len),
-            |dcol, (dx_n, dy_n)| {
-                dx_n.fill(T::ZERO);
-                for (pix0, len) in tiles(geo.out_plane, tile) {
-                    for (g, dx_g) in dx_n.chunks_exact_mut(cg * geo.in_plane).enumerate() {
-                        backward_data_tile(geo, dy_n, w, g, 0, cg, dx_g, pix0, len, dcol);
-                    }
+            || take::<T>(scratch_len),
+            |scratch, (dx_n, dy_n)| {
+                for (g, dx_g) in dx_n.chunks_exact_mut(cg * geo.in_plane).enumerate() {
+                    backward_data_block(geo, dy_n, w, g, 0, dx_g, tile, scratch);
                 }
             },
         );
 }
 
-/// Adds the contribution of output pixels `pix0 .. pix0 + len` of one image to input
-/// channels `c0 .. c0 + channels` of group `g` (`dx_planes` holds exactly those planes).
+/// Computes input channels `c0 ..` of group `g` of one image (`dx_planes` holds exactly
+/// those planes, dense, overwritten) from all of that image's output pixels, tile by tile.
+/// Strided layers accumulate into a phase-split buffer (contiguous adds) and interleave it
+/// into `dx_planes` at the end.
 #[allow(clippy::too_many_arguments)]
-fn backward_data_tile<T: Element>(
+fn backward_data_block<T: Element>(
     geo: &ConvGeometry,
     dy_n: &[T],
     w: &[T],
     g: usize,
     c0: usize,
-    channels: usize,
     dx_planes: &mut [T],
+    tile: usize,
+    scratch: &mut [T],
+) {
+    let layout = PlaneLayout::for_lowering(geo);
+    let channels = dx_planes.len() / geo.in_plane;
+    let rows = channels * geo.taps;
+    let (dcol, phased) = scratch.split_at_mut(if geo.is_pointwise() { 0 } else { rows * tile });
+    let target: &mut [T] = if layout.is_dense() {
+        &mut *dx_planes
+    } else {
+        &mut phased[..channels * layout.channel_len]
+    };
+    target.fill(T::ZERO);
+    for (pix0, len) in tiles(geo.out_plane, tile) {
+        backward_data_tile(geo, &layout, dy_n, w, g, c0, rows, target, pix0, len, dcol);
+    }
+    if !layout.is_dense() {
+        merge_phases(
+            geo,
+            &layout,
+            &phased[..channels * layout.channel_len],
+            dx_planes,
+        );
+    }
+}
+
+/// Adds the contribution of output pixels `pix0 .. pix0 + len` of one image to the input
+/// channels `c0 ..` of group `g` whose `rows` column-matrix rows `target` holds (in
+/// `layout`).
+#[allow(clippy::too_many_arguments)]
+fn backward_data_tile<T: Element>(
+    geo: &ConvGeometry,
+    layout: &PlaneLayout,
+    dy_n: &[T],
+    w: &[T],
+    g: usize,
+    c0: usize,
+    rows: usize,
+    target: &mut [T],
     pix0: usize,
     len: usize,
     dcol: &mut [T],
 ) {
     let (kg, col_rows, taps) = (geo.filters_per_group, geo.col_rows, geo.taps);
-    let rows = channels * taps;
     // W_g[:, c0·taps ..]ᵀ: element (i, k) = w[(g·kg + k)·col_rows + c0·taps + i].
     let w_t = MatRef {
         data: &w[g * kg * col_rows + c0 * taps..],
@@ -118,7 +159,7 @@ fn backward_data_tile<T: Element>(
     );
     if geo.is_pointwise() {
         // Each pixel of a pointwise layer is written by exactly one tile.
-        let dst = MatMut::row_major(&mut dx_planes[pix0..], rows, len, geo.in_plane);
+        let dst = MatMut::row_major(&mut target[pix0..], rows, len, geo.in_plane);
         gemm(T::ONE, w_t, dy_g, T::ZERO, dst);
     } else {
         let dcol = &mut dcol[..rows * len];
@@ -129,6 +170,6 @@ fn backward_data_tile<T: Element>(
             T::ZERO,
             MatMut::row_major(&mut *dcol, rows, len, len),
         );
-        col2im(geo, dcol, pix0, len, dx_planes);
+        col2im(geo, layout, dcol, pix0, len, target);
     }
 }

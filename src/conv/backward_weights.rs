@@ -18,7 +18,7 @@
 
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm};
-use crate::im2col::im2col;
+use crate::im2col::{PlaneLayout, im2col, split_phases};
 use crate::parallel::*;
 use crate::scratch::take;
 use crate::shape::ConvGeometry;
@@ -63,13 +63,23 @@ fn split(geo: &ConvGeometry, elem_size: usize) -> Split {
     }
 }
 
-/// Elements of the two column buffers (tile and its transpose) each task allocates.
+/// Elements of the column buffer each task allocates.
 pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
     let s = split(geo, elem_size);
     if geo.is_pointwise() {
         0
     } else {
         s.block_channels * geo.taps * s.tile
+    }
+}
+
+/// Elements of the phase-split copy of one block's channels (0 when dense).
+pub(crate) fn phased_len(geo: &ConvGeometry, elem_size: usize) -> usize {
+    let layout = PlaneLayout::for_lowering(geo);
+    if layout.is_dense() {
+        0
+    } else {
+        split(geo, elem_size).block_channels * layout.channel_len
     }
 }
 
@@ -90,6 +100,8 @@ pub(crate) fn backward_weights<T: Element>(
     let (cg, kg, taps) = (geo.channels_per_group, geo.filters_per_group, geo.taps);
     let x_image = geo.in_channels * geo.in_plane;
     let y_image = geo.out_channels * geo.out_plane;
+    let layout = PlaneLayout::for_lowering(geo);
+    let col_len = column_buffer_len(geo, size_of::<T>());
     let want_db = db.is_some();
     let chunks: Vec<_> = partition(geo.batch, s.image_chunks).collect();
     let tasks: Vec<(usize, usize)> = (0..s.image_chunks)
@@ -101,12 +113,12 @@ pub(crate) fn backward_weights<T: Element>(
     let partials: Vec<(Vec<T>, Vec<T>)> = tasks
         .par_iter()
         .map_init(
-            || take::<T>(column_buffer_len(geo, size_of::<T>())),
+            || take::<T>(col_len + phased_len(geo, size_of::<T>())),
             |buffers, &(chunk, block)| {
+                let (col, phased) = buffers.split_at_mut(col_len);
                 let c0 = block * s.block_channels;
                 let channels = s.block_channels.min(cg - c0);
                 let rows = channels * taps;
-                let col = &mut buffers[..];
                 let mut dw_part = vec![T::ZERO; geo.groups * kg * rows];
                 let mut db_part = vec![
                     T::ZERO;
@@ -116,21 +128,31 @@ pub(crate) fn backward_weights<T: Element>(
                         0
                     }
                 ];
-                let mut first = true;
+                let first_image = chunks[chunk].start;
                 for n in chunks[chunk].clone() {
                     let x_n = &x[n * x_image..][..x_image];
                     let dy_n = &dy[n * y_image..][..y_image];
-                    for (pix0, len) in tiles(geo.out_plane, s.tile) {
-                        let beta = if first { T::ZERO } else { T::ONE };
-                        first = false;
-                        for g in 0..geo.groups {
-                            let x_planes =
-                                &x_n[(g * cg + c0) * geo.in_plane..][..channels * geo.in_plane];
+                    for g in 0..geo.groups {
+                        let dense = &x_n[(g * cg + c0) * geo.in_plane..][..channels * geo.in_plane];
+                        let planes: &[T] = if layout.is_dense() {
+                            dense
+                        } else {
+                            let phased = &mut phased[..channels * layout.channel_len];
+                            split_phases(geo, &layout, dense, phased);
+                            phased
+                        };
+                        for (pix0, len) in tiles(geo.out_plane, s.tile) {
+                            // The first (image, tile) of the chunk overwrites the partial.
+                            let beta = if n == first_image && pix0 == 0 {
+                                T::ZERO
+                            } else {
+                                T::ONE
+                            };
                             let col_view = if geo.is_pointwise() {
-                                MatRef::row_major(&x_planes[pix0..], rows, len, geo.in_plane)
+                                MatRef::row_major(&planes[pix0..], rows, len, geo.in_plane)
                             } else {
                                 let col = &mut col[..rows * len];
-                                im2col(geo, x_planes, pix0, len, col);
+                                im2col(geo, &layout, planes, pix0, len, col);
                                 MatRef::row_major(&*col, rows, len, len)
                             };
                             // dW_gᵀ (rows × kg) = col (rows × len) · dy_gᵀ (len × kg).
@@ -150,12 +172,12 @@ pub(crate) fn backward_weights<T: Element>(
                             };
                             gemm(T::ONE, col_view, dy_t, beta, dw_t);
                         }
-                        for (k, acc) in db_part.iter_mut().enumerate() {
-                            *acc += dy_n[k * geo.out_plane + pix0..][..len]
-                                .iter()
-                                .copied()
-                                .sum::<T>();
-                        }
+                    }
+                    for (k, acc) in db_part.iter_mut().enumerate() {
+                        *acc += dy_n[k * geo.out_plane..][..geo.out_plane]
+                            .iter()
+                            .copied()
+                            .sum::<T>();
                     }
                 }
                 (dw_part, db_part)

@@ -1,52 +1,56 @@
-//! Forward pass: `y[n, g] = W_g · im2col(x[n, g]) + b`.
+//! Forward pass: `y[n, g] = f(W_g · im2col(x[n, g]) + b)`.
 //!
 //! Per image, per pixel tile, per group: im2col fills a bounded column tile
 //! (`(C/groups)·R·S × len`), one GEMM writes the `K/groups × len` block of `y` in place
-//! (row stride `P·Q`), and the bias and activation are applied while that block is still in cache. A
-//! pointwise layer (1×1, stride 1, no padding) skips im2col: the input planes are the
-//! column matrix.
+//! (row stride `P·Q`), and the bias and activation are applied while that block is still
+//! in cache. A pointwise layer (1×1, stride 1, no padding) skips im2col: the input planes
+//! are the column matrix. Strided layers first split each image into column phases
+//! ([`PlaneLayout`]) so im2col copies contiguous runs.
 //!
-//! Parallelism: over images when `N ≥ 2`. A single image is split into pixel tiles that
-//! run in parallel, each into its own output block, copied into `y` afterwards.
-
-use crate::parallel::*;
+//! Parallelism: over images when `N ≥ 2`. A single image builds each column tile once
+//! (in parallel over channel blocks) and then runs the GEMM in parallel over blocks of
+//! output channels, whose rows of `y` are disjoint.
 
 use crate::activation::{Activation, apply_in_place};
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm};
-use crate::im2col::im2col;
+use crate::im2col::{PlaneLayout, im2col, split_phases};
+use crate::parallel::*;
 use crate::scratch::take;
 use crate::shape::ConvGeometry;
 use crate::tiling::{aligned_zeros, tile_len, tiles};
 
-/// Where a tile's output goes: `K` rows of `len` values, `row_stride` apart, starting at
-/// `offset` in `data`.
-struct OutTile<'a, T> {
-    data: &'a mut [T],
-    offset: usize,
-    row_stride: usize,
-}
+/// A single image's output channels (per group) are split into at most this many blocks.
+///
+/// Each block repacks the column tile, so more blocks cost packing work; four keep two
+/// cores busy (and four) while that cost stays a few percent of the GEMM.
+const SINGLE_IMAGE_FILTER_BLOCKS: usize = 4;
 
-/// Minimum number of pixel tiles a single image is split into, so that several threads
-/// share it.
-const SINGLE_IMAGE_TILES: usize = 8;
+/// A single image's channels (per group) are split into at most this many im2col blocks.
+const SINGLE_IMAGE_CHANNEL_BLOCKS: usize = 8;
 
 /// Pixels per tile.
 fn tile_for(geo: &ConvGeometry, elem_size: usize) -> usize {
-    let min_tiles = if geo.batch == 1 {
-        SINGLE_IMAGE_TILES
-    } else {
-        1
-    };
-    tile_len(geo.col_rows, elem_size, geo.out_plane, min_tiles)
+    tile_len(geo.col_rows, elem_size, geo.out_plane, 1)
 }
 
-/// Elements of the column buffer each task allocates.
+/// Elements of the column buffer a task uses (per image for `N ≥ 2`, per call for a single
+/// image).
 pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
     if geo.is_pointwise() {
         0
     } else {
         geo.col_rows * tile_for(geo, elem_size)
+    }
+}
+
+/// Elements of the phase-split copy of one image (0 for the dense layout).
+pub(crate) fn phased_len(geo: &ConvGeometry) -> usize {
+    let layout = PlaneLayout::for_lowering(geo);
+    if layout.is_dense() {
+        0
+    } else {
+        geo.in_channels * layout.channel_len
     }
 }
 
@@ -58,99 +62,168 @@ pub(crate) fn forward<T: Element>(
     act: Activation,
     y: &mut [T],
 ) {
+    if geo.batch == 1 {
+        return forward_single_image(geo, x, w, bias, act, y);
+    }
     let x_image = geo.in_channels * geo.in_plane;
     let y_image = geo.out_channels * geo.out_plane;
+    let layout = PlaneLayout::for_lowering(geo);
     let tile = tile_for(geo, size_of::<T>());
     let col_len = column_buffer_len(geo, size_of::<T>());
-    if geo.batch == 1 {
-        let tile_list: Vec<(usize, usize)> = tiles(geo.out_plane, tile).collect();
-        let blocks: Vec<_> = tile_list
-            .par_iter()
-            .map_init(
-                || take::<T>(col_len),
-                |col, &(pix0, len)| {
-                    let mut block = aligned_zeros::<T>(geo.out_channels * len);
-                    let out = OutTile {
-                        data: &mut block,
-                        offset: 0,
-                        row_stride: len,
-                    };
-                    forward_tile(geo, x, w, bias, act, out, pix0, len, col);
-                    block
-                },
-            )
-            .collect();
-        for (&(pix0, len), block) in tile_list.iter().zip(&blocks) {
-            for (y_row, b_row) in y
-                .chunks_exact_mut(geo.out_plane)
-                .zip(block.chunks_exact(len))
-            {
-                y_row[pix0..pix0 + len].copy_from_slice(b_row);
-            }
-        }
-        return;
-    }
     y.par_chunks_exact_mut(y_image)
         .zip(x.par_chunks_exact(x_image))
         .for_each_init(
-            || take::<T>(col_len),
-            |col, (y_n, x_n)| {
+            || take::<T>(col_len + phased_len(geo)),
+            |buffer, (y_n, x_n)| {
+                let (col, phased) = buffer.split_at_mut(col_len);
+                let planes: &[T] = if layout.is_dense() {
+                    x_n
+                } else {
+                    split_phases(geo, &layout, x_n, phased);
+                    phased
+                };
                 for (pix0, len) in tiles(geo.out_plane, tile) {
-                    let out = OutTile {
-                        data: &mut *y_n,
-                        offset: pix0,
-                        row_stride: geo.out_plane,
-                    };
-                    forward_tile(geo, x_n, w, bias, act, out, pix0, len, col);
+                    for g in 0..geo.groups {
+                        let b = column_tile(geo, &layout, planes, g, pix0, len, col);
+                        let rows = geo.filters_per_group;
+                        let y_g = &mut y_n[g * rows * geo.out_plane..][..rows * geo.out_plane];
+                        gemm_rows(geo, w, b, bias, act, g * rows, rows, y_g, pix0, len);
+                    }
                 }
             },
         );
 }
 
-/// Computes output pixels `pix0 .. pix0 + len` of one image, all groups.
-#[allow(clippy::too_many_arguments)]
-fn forward_tile<T: Element>(
+/// One image: each tile's column matrix is built once (channel blocks in parallel), then
+/// blocks of output channels run their GEMMs in parallel.
+fn forward_single_image<T: Element>(
     geo: &ConvGeometry,
-    x_n: &[T],
+    x: &[T],
     w: &[T],
     bias: Option<&[T]>,
     act: Activation,
-    out: OutTile<'_, T>,
+    y: &mut [T],
+) {
+    let layout = PlaneLayout::for_lowering(geo);
+    let (cg, kg, taps) = (geo.channels_per_group, geo.filters_per_group, geo.taps);
+    let phased_storage;
+    let planes: &[T] = if layout.is_dense() {
+        x
+    } else {
+        let mut p = aligned_zeros::<T>(phased_len(geo));
+        split_phases(geo, &layout, x, &mut p);
+        phased_storage = p;
+        &phased_storage
+    };
+    let tile = tile_for(geo, size_of::<T>());
+    let mut col = take::<T>(column_buffer_len(geo, size_of::<T>()));
+    let channel_block = cg.div_ceil(SINGLE_IMAGE_CHANNEL_BLOCKS);
+    let filter_block = kg
+        .div_ceil(SINGLE_IMAGE_FILTER_BLOCKS)
+        .next_multiple_of(16)
+        .min(kg);
+    for (pix0, len) in tiles(geo.out_plane, tile) {
+        for g in 0..geo.groups {
+            let b = if geo.is_pointwise() {
+                let x_g = &planes[g * cg * geo.in_plane..][..cg * geo.in_plane];
+                MatRef::row_major(&x_g[pix0..], cg, len, geo.in_plane)
+            } else {
+                let col = &mut col[..geo.col_rows * len];
+                let x_g = &planes[g * cg * layout.channel_len..][..cg * layout.channel_len];
+                col.par_chunks_mut(channel_block * taps * len)
+                    .zip(x_g.par_chunks(channel_block * layout.channel_len))
+                    .for_each(|(col_block, x_block)| {
+                        im2col(geo, &layout, x_block, pix0, len, col_block)
+                    });
+                MatRef::row_major(&*col, geo.col_rows, len, len)
+            };
+            let y_g = &mut y[g * kg * geo.out_plane..][..kg * geo.out_plane];
+            y_g.par_chunks_mut(filter_block * geo.out_plane)
+                .enumerate()
+                .for_each(|(i, y_block)| {
+                    let rows = y_block.len() / geo.out_plane;
+                    gemm_rows(
+                        geo,
+                        w,
+                        b,
+                        bias,
+                        act,
+                        g * kg + i * filter_block,
+                        rows,
+                        y_block,
+                        pix0,
+                        len,
+                    );
+                });
+        }
+    }
+}
+
+/// The column matrix of group `g` for pixels `pix0 .. pix0 + len`: the input itself for a
+/// pointwise layer, else im2col into `col`.
+#[allow(clippy::too_many_arguments)]
+fn column_tile<'a, T: Element>(
+    geo: &ConvGeometry,
+    layout: &PlaneLayout,
+    planes: &'a [T],
+    g: usize,
     pix0: usize,
     len: usize,
-    col: &mut [T],
+    col: &'a mut [T],
+) -> MatRef<'a, T> {
+    let cg = geo.channels_per_group;
+    if geo.is_pointwise() {
+        let x_g = &planes[g * cg * geo.in_plane..][..cg * geo.in_plane];
+        MatRef::row_major(&x_g[pix0..], cg, len, geo.in_plane)
+    } else {
+        let x_g = &planes[g * cg * layout.channel_len..][..cg * layout.channel_len];
+        let col = &mut col[..geo.col_rows * len];
+        im2col(geo, layout, x_g, pix0, len, col);
+        MatRef::row_major(&*col, geo.col_rows, len, len)
+    }
+}
+
+/// `y_rows[:, pix0..pix0 + len] = f(W[k0..k0 + rows] · b + bias)`, where `y_rows` holds
+/// output channels `k0 .. k0 + rows` of one image (row stride `P·Q`), then the epilogue:
+/// bias and activation on each row while it is in cache.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rows<T: Element>(
+    geo: &ConvGeometry,
+    w: &[T],
+    b: MatRef<'_, T>,
+    bias: Option<&[T]>,
+    act: Activation,
+    k0: usize,
+    rows: usize,
+    y_rows: &mut [T],
+    pix0: usize,
+    len: usize,
 ) {
-    let (cg, kg, rows) = (geo.channels_per_group, geo.filters_per_group, geo.col_rows);
-    for g in 0..geo.groups {
-        let x_g = &x_n[g * cg * geo.in_plane..][..cg * geo.in_plane];
-        let w_g = MatRef::row_major(&w[g * kg * rows..][..kg * rows], kg, rows, rows);
-        let b = if geo.is_pointwise() {
-            MatRef::row_major(&x_g[pix0..], cg, len, geo.in_plane)
-        } else {
-            let col = &mut col[..rows * len];
-            im2col(geo, x_g, pix0, len, col);
-            MatRef::row_major(&*col, rows, len, len)
-        };
-        let y_g = &mut out.data[out.offset + g * kg * out.row_stride..];
-        gemm(
-            T::ONE,
-            w_g,
-            b,
-            T::ZERO,
-            MatMut::row_major(&mut *y_g, kg, len, out.row_stride),
-        );
-        // Epilogue, while the block is in cache: bias, then the activation, row by row.
-        if bias.is_some() || act != Activation::Identity {
-            for k in 0..kg {
-                let row = &mut y_g[k * out.row_stride..][..len];
-                if let Some(bias) = bias {
-                    let b = bias[g * kg + k];
-                    for v in row.iter_mut() {
-                        *v += b;
-                    }
+    let col_rows = geo.col_rows;
+    let a = MatRef::row_major(
+        &w[k0 * col_rows..][..rows * col_rows],
+        rows,
+        col_rows,
+        col_rows,
+    );
+    let out = &mut y_rows[pix0..];
+    gemm(
+        T::ONE,
+        a,
+        b,
+        T::ZERO,
+        MatMut::row_major(&mut *out, rows, len, geo.out_plane),
+    );
+    if bias.is_some() || act != Activation::Identity {
+        for k in 0..rows {
+            let row = &mut out[k * geo.out_plane..][..len];
+            if let Some(bias) = bias {
+                let b = bias[k0 + k];
+                for v in row.iter_mut() {
+                    *v += b;
                 }
-                apply_in_place(act, row);
             }
+            apply_in_place(act, row);
         }
     }
 }

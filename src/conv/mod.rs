@@ -32,9 +32,9 @@ pub enum Pass {
 /// The scratch memory one call of a pass allocates (see [`Conv2d::workspace`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Workspace {
-    /// Bytes of the column buffer each worker task holds (the im2col / col2im tile):
-    /// bounded by about 1 MiB for layers up to 1 MiB per 16 output pixels, 0 for pointwise
-    /// layers, which need none.
+    /// Bytes of scratch each worker task holds: the im2col / col2im tile (about 1 MiB; 0
+    /// for pointwise layers) plus, for strided layers, a phase-split copy of the image's
+    /// (or channel block's) input planes. Each thread keeps its buffer for the next call.
     pub column_bytes_per_task: usize,
     /// Bytes of the weight-gradient partial sums ([`Pass::BackwardWeights`] only): one
     /// `dw` plus `db` per image chunk, at most 4.
@@ -161,10 +161,18 @@ impl Conv2d {
             };
         }
         let (col, partials) = match pass {
-            Pass::Forward => (forward::column_buffer_len(&self.geo, elem), 0),
-            Pass::BackwardData => (backward_data::column_buffer_len(&self.geo, elem), 0),
+            Pass::Forward => (
+                forward::column_buffer_len(&self.geo, elem) + forward::phased_len(&self.geo),
+                0,
+            ),
+            Pass::BackwardData => (
+                backward_data::column_buffer_len(&self.geo, elem)
+                    + backward_data::phased_len(&self.geo),
+                0,
+            ),
             Pass::BackwardWeights => (
-                backward_weights::column_buffer_len(&self.geo, elem),
+                backward_weights::column_buffer_len(&self.geo, elem)
+                    + backward_weights::phased_len(&self.geo, elem),
                 backward_weights::partial_len(&self.geo, elem),
             ),
         };
