@@ -18,6 +18,10 @@ options:
   --f64                 time f64 instead of f32 (JSON impl \"convgemm_f64\")
   --min-reps N          timed runs per measurement, at least 7 (default 9)
   --target-s SECS       keep sampling (up to 40 runs) until this much time (default 0.4)
+  --max-wait SECS       before each measurement, wait up to SECS for other processes
+                        to go quiet (default 0: no wait; the peer scripts use 20)
+  --retries N           re-measure up to N times when other processes took over 0.15
+                        core meanwhile, keep the least disturbed (default 2)
   --no-check            skip the reference check (not recommended)
   -h, --help            this text";
 
@@ -40,6 +44,10 @@ pub struct Args {
     pub min_reps: usize,
     /// Minimum total sampling time, seconds.
     pub target_s: f64,
+    /// Longest wait for a quiet machine before each measurement, seconds.
+    pub max_wait_s: f64,
+    /// Re-measurements of a disturbed measurement.
+    pub retries: usize,
     /// Run the reference check before timing.
     pub check: bool,
 }
@@ -63,6 +71,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         f64: false,
         min_reps: 9,
         target_s: 0.4,
+        max_wait_s: 0.0,
+        retries: 2,
         check: true,
     };
     let mut it = args.into_iter();
@@ -89,13 +99,17 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                     );
                 }
             }
-            "--target-s" => {
+            "--target-s" => out.target_s = seconds(&flag, &value()?)?,
+            "--max-wait" => out.max_wait_s = seconds(&flag, &value()?)?,
+            "--retries" => {
                 let v = value()?;
-                out.target_s = v
-                    .parse::<f64>()
+                out.retries = v
+                    .parse::<usize>()
                     .ok()
-                    .filter(|t| t.is_finite() && *t >= 0.0 && *t <= 600.0)
-                    .ok_or_else(|| format!("--target-s: expected seconds in 0..=600, got {v:?}"))?;
+                    .filter(|&n| n <= 100)
+                    .ok_or_else(|| {
+                        format!("--retries: expected an integer in 0..=100, got {v:?}")
+                    })?;
             }
             "--no-check" => out.check = false,
             other => return Err(format!("unknown argument {other:?}")),
@@ -109,6 +123,13 @@ fn positive(flag: &str, v: &str) -> Result<usize, String> {
         .ok()
         .filter(|&n| (1..=4096).contains(&n))
         .ok_or_else(|| format!("{flag}: expected an integer in 1..=4096, got {v:?}"))
+}
+
+fn seconds(flag: &str, v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|t| t.is_finite() && (0.0..=600.0).contains(t))
+        .ok_or_else(|| format!("{flag}: expected seconds in 0..=600, got {v:?}"))
 }
 
 /// A comma-separated list without empty or repeated items.

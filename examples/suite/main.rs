@@ -83,6 +83,11 @@ fn run_typed<T: Element>(
         max_reps: args.min_reps.max(40),
         target: Duration::from_secs_f64(args.target_s),
     };
+    let quiet = timing::Quiet {
+        max_wait: Duration::from_secs_f64(args.max_wait_s),
+        retries: args.retries,
+        foreign_max: report::FOREIGN_MAX,
+    };
     let steps = layers.len() * args.passes.len();
     let mut step = 0;
     for layer in layers {
@@ -95,7 +100,7 @@ fn run_typed<T: Element>(
                 steps,
                 &format!("timing {} {}", layer.name, pass.name()),
             );
-            let samples = timing::measure(plan, || buffers.run(&layer.conv, pass))
+            let samples = timing::measure_quietly(plan, quiet, || buffers.run(&layer.conv, pass))
                 .map_err(|e| format!("{} {}: {e}", layer.name, pass.name()))?;
             let ws = layer.conv.workspace::<T>(pass.pass());
             out.row(&Row {

@@ -60,6 +60,60 @@ pub fn measure<E>(plan: Plan, mut f: impl FnMut() -> Result<(), E>) -> Result<Sa
     })
 }
 
+/// How to deal with other processes on the machine (the peer scripts' protocol).
+#[derive(Clone, Copy, Debug)]
+pub struct Quiet {
+    /// Before each attempt, wait up to this long for other processes to use under 0.1
+    /// core (zero: do not wait).
+    pub max_wait: Duration,
+    /// Measure again up to this many times when other processes used more than
+    /// `foreign_max` cores meanwhile; the least disturbed attempt is kept.
+    pub retries: usize,
+    /// The load above which an attempt counts as disturbed.
+    pub foreign_max: f64,
+}
+
+/// [`measure`] with the [`Quiet`] protocol: wait for a quiet machine, retry disturbed
+/// attempts, keep the least disturbed one.
+pub fn measure_quietly<E>(
+    plan: Plan,
+    quiet: Quiet,
+    mut f: impl FnMut() -> Result<(), E>,
+) -> Result<Samples, E> {
+    let mut best: Option<Samples> = None;
+    for _ in 0..=quiet.retries {
+        if !quiet.max_wait.is_zero() {
+            wait_quiet(quiet.max_wait);
+        }
+        let samples = measure(plan, &mut f)?;
+        let load = samples.foreign_cores.unwrap_or(0.0);
+        let calmer = best
+            .as_ref()
+            .is_none_or(|b| load < b.foreign_cores.unwrap_or(0.0));
+        if calmer {
+            best = Some(samples);
+        }
+        if load <= quiet.foreign_max {
+            break;
+        }
+    }
+    Ok(best.expect("the loop runs at least once"))
+}
+
+/// Waits until other processes use under 0.1 core over a 0.3 s window, or `max_wait`
+/// has passed (or at once where `/proc/stat` is unreadable).
+fn wait_quiet(max_wait: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < max_wait {
+        let Some(a) = CpuSnapshot::take() else { return };
+        std::thread::sleep(Duration::from_millis(300));
+        let Some(b) = CpuSnapshot::take() else { return };
+        if a.foreign_cores(&b) < 0.1 {
+            return;
+        }
+    }
+}
+
 /// Median of sorted, non-empty `v`.
 fn median(v: &[f64]) -> f64 {
     let m = v.len() / 2;
