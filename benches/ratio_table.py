@@ -7,7 +7,8 @@ Usage:
 Reads the lines printed by `cargo run --release --example suite -- --json` and by
 ../shared/peers/bench.py (any order, any number of files; other lines are skipped). Per
 (impl, layer, pass, threads) it keeps the fastest median among the records given, preferring
-records whose "foreign_cores" (peers only) is <= 0.15, like the peers' make_table.py.
+records whose "foreign_cores" (peers only) is <= 0.15, like the peers' make_table.py, and
+marks a cell '*' when its record was disturbed.
 
 Prints:
   1. GFLOP/s: ours and the best of --peers, per layer, pass and thread count (the peer's
@@ -65,6 +66,11 @@ def best_peer(recs, peers, layer, pas, t):
     return max(cands, key=lambda r: r["gflops"], default=None)
 
 
+def mark(rec):
+    """'*' when other processes used more than QUIET cores while rec was timed."""
+    return "*" if rec is not None and rec.get("foreign_cores", 0.0) > QUIET else ""
+
+
 def geomean(values):
     values = [v for v in values if v is not None and v > 0]
     if not values:
@@ -106,10 +112,11 @@ def main():
         for pas, t in cols:
             ours = recs.get((args.ours, L, pas, t))
             peer = best_peer(recs, peers, L, pas, t)
-            a = "-" if ours is None else "%.1f" % ours["gflops"]
+            a = "-" if ours is None else "%.1f" % ours["gflops"] + mark(ours)
             if ours is not None and args.peak:
                 a += " (%.0f%%)" % (100 * ours["gflops"] / (args.peak * min(t, args.cores) / args.cores))
-            b = "-" if peer is None else "%.1f" % peer["gflops"] + (" %s" % peer["impl"] if several else "")
+            b = "-" if peer is None else "%.1f" % peer["gflops"] + mark(peer) + (
+                " %s" % peer["impl"] if several else "")
             cells.append("%s / %s" % (a, b))
         print("| %s | %s |" % (L, " | ".join(cells)))
     print("\nEach cell: %s / %s." % (args.ours, peer_title)
@@ -127,7 +134,7 @@ def main():
             peer = best_peer(recs, peers, L, pas, t)
             r = ours["gflops"] / peer["gflops"] if ours and peer and peer["gflops"] > 0 else None
             ratios[(L, pas, t)] = r
-            cells.append("-" if r is None else "%.2f" % r)
+            cells.append("-" if r is None else "%.2f" % r + (mark(ours) or mark(peer)))
         print("| %s | %s |" % (L, " | ".join(cells)))
     gms = [fmt_gm(geomean([ratios[(L, pas, t)] for L in layers]), len(layers)) for pas, t in cols]
     print("| geometric mean | %s |" % " | ".join(gms))
@@ -136,6 +143,11 @@ def main():
         cells = [ratios[(L, pas, t)] for L in layers for pas in PASSES]
         print("- geometric mean over all layers and passes at %d thread(s): %s"
               % (t, fmt_gm(geomean(cells), len(cells))))
+    disturbed = sum(1 for r in recs.values() if mark(r))
+    if disturbed:
+        print("\n'*': other processes used more than %.2f cores while this was timed (%d of %d"
+              " records; only records that carry \"foreign_cores\", i.e. the peers', can be"
+              " marked); such numbers are unreliable." % (QUIET, disturbed, len(recs)))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,13 @@ fn run_typed<T: Element>(
     if args.check {
         check_all::<T>(args, layers, &mut out)?;
     }
+    time_all::<T>(args, layers, &mut out)?;
+    out.footer();
+    Ok(())
+}
+
+/// Times every selected layer × pass, reporting each as it completes.
+fn time_all<T: Element>(args: &Args, layers: &[Layer], out: &mut Reporter) -> Result<(), String> {
     out.table_header();
     let plan = timing::Plan {
         min_reps: args.min_reps,
@@ -95,13 +102,10 @@ fn run_typed<T: Element>(
         let mut buffers = Buffers::<T>::new(&layer.conv, 0x5eed);
         for &pass in &args.passes {
             step += 1;
-            out.progress(
-                step,
-                steps,
-                &format!("timing {} {}", layer.name, pass.name()),
-            );
+            let what = format!("{} {}", layer.name, pass.name());
+            out.progress(step, steps, &format!("timing {what}"));
             let samples = timing::measure_quietly(plan, quiet, || buffers.run(&layer.conv, pass))
-                .map_err(|e| format!("{} {}: {e}", layer.name, pass.name()))?;
+                .map_err(|e| format!("{what}: {e}"))?;
             let ws = layer.conv.workspace::<T>(pass.pass());
             out.row(&Row {
                 layer,
@@ -112,7 +116,6 @@ fn run_typed<T: Element>(
             });
         }
     }
-    out.footer();
     Ok(())
 }
 
