@@ -329,15 +329,34 @@ fn correlate_flat_body<T: Element, const FMA: bool>(
     init: T,
     out: &mut [T],
 ) {
+    /// Output blocks per pass: independent FMA chains, so the taps' multiply-adds are not
+    /// serialized on one accumulator's latency.
+    const BLOCKS: usize = 4;
     let n = out.len();
     let mut t = 0;
+    while t + BLOCKS * LANES <= n {
+        let mut acc = [[init; LANES]; BLOCKS];
+        for (&off, &wv) in offsets.iter().zip(weights) {
+            for (b, block) in acc.iter_mut().enumerate() {
+                let at = t + off + b * LANES;
+                let s: &[T; LANES] = src[at..at + LANES]
+                    .try_into()
+                    .expect("a block of LANES elements");
+                *block = axpy_lanes::<T, FMA>(*block, wv, s);
+            }
+        }
+        for (b, block) in acc.iter().enumerate() {
+            out[t + b * LANES..][..LANES].copy_from_slice(block);
+        }
+        t += BLOCKS * LANES;
+    }
     while t + LANES <= n {
         let mut acc = [init; LANES];
         for (&off, &wv) in offsets.iter().zip(weights) {
-            let s = &src[t + off..t + off + LANES];
-            for j in 0..LANES {
-                acc[j] = madd::<T, FMA>(wv, s[j], acc[j]);
-            }
+            let s: &[T; LANES] = src[t + off..t + off + LANES]
+                .try_into()
+                .expect("a block of LANES elements");
+            acc = axpy_lanes::<T, FMA>(acc, wv, s);
         }
         out[t..t + LANES].copy_from_slice(&acc);
         t += LANES;
@@ -349,6 +368,12 @@ fn correlate_flat_body<T: Element, const FMA: bool>(
         }
         *o = acc;
     }
+}
+
+/// `acc + a · x` on a whole register block.
+#[inline(always)]
+fn axpy_lanes<T: Element, const FMA: bool>(acc: [T; LANES], a: T, x: &[T; LANES]) -> [T; LANES] {
+    std::array::from_fn(|j| madd::<T, FMA>(a, x[j], acc[j]))
 }
 
 /// Strided forward on a padded plane (rare: no flat form): `out[p][q] = init +
