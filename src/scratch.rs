@@ -8,7 +8,9 @@
 //! [`Conv2d::workspace`](crate::Conv2d::workspace)).
 //!
 //! A buffer is lent to one task at a time: if the thread's buffer is already out, `take`
-//! allocates a fresh one.
+//! allocates a fresh one. A second slot holds per-call results that outlive the tasks
+//! (the weight gradient's partial sums), so the calling thread can keep them while it
+//! also runs tasks.
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
@@ -20,23 +22,39 @@ use crate::element::Element;
 /// A 64-byte aligned growable buffer.
 pub(crate) type AlignedBuf<T> = AVec<T, ConstAlign<64>>;
 
+/// Which of a thread's buffers to lend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Column tiles and padded planes: held by one task at a time.
+    Columns = 0,
+    /// Per-call results that outlive the tasks (the weight gradient's partial sums), held
+    /// by the calling thread while its tasks use [`Slot::Columns`].
+    Partials = 1,
+}
+
 /// A lent scratch buffer of a fixed length. Its initial contents are unspecified (zeros
 /// or whatever its last user wrote): users overwrite what they read.
 pub(crate) struct Scratch<T: Element> {
     buf: AlignedBuf<T>,
     len: usize,
+    slot: Slot,
 }
 
-/// Borrows this thread's scratch buffer, grown to at least `len` elements.
+/// Borrows this thread's column buffer, grown to at least `len` elements.
 pub(crate) fn take<T: Element>(len: usize) -> Scratch<T> {
-    let mut buf = T::with_thread_buffer(|cell| match cell.try_borrow_mut() {
-        Ok(mut slot) => std::mem::replace(&mut *slot, AVec::new(64)),
+    take_from(Slot::Columns, len)
+}
+
+/// Borrows this thread's buffer of `slot`, grown to at least `len` elements.
+pub(crate) fn take_from<T: Element>(slot: Slot, len: usize) -> Scratch<T> {
+    let mut buf = T::with_thread_buffer(slot, |cell| match cell.try_borrow_mut() {
+        Ok(mut held) => std::mem::replace(&mut *held, AVec::new(64)),
         Err(_) => AVec::new(64),
     });
     if buf.len() < len {
         buf.resize(len, T::ZERO);
     }
-    Scratch { buf, len }
+    Scratch { buf, len, slot }
 }
 
 impl<T: Element> Deref for Scratch<T> {
@@ -56,7 +74,7 @@ impl<T: Element> Drop for Scratch<T> {
     /// Returns the buffer to this thread's slot, keeping the larger of the two.
     fn drop(&mut self) {
         let buf = std::mem::replace(&mut self.buf, AVec::new(64));
-        T::with_thread_buffer(|cell| {
+        T::with_thread_buffer(self.slot, |cell| {
             if let Ok(mut slot) = cell.try_borrow_mut()
                 && slot.len() < buf.len()
             {
@@ -69,18 +87,22 @@ impl<T: Element> Drop for Scratch<T> {
 /// The per-type thread-local buffer behind [`take`] (a supertrait of [`Element`],
 /// unnameable outside the crate).
 pub trait ThreadBuffer: Sized + 'static {
-    /// Runs `f` on this thread's buffer slot.
-    fn with_thread_buffer<R>(f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R) -> R;
+    /// Runs `f` on this thread's buffer of `slot`.
+    fn with_thread_buffer<R>(slot: Slot, f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R) -> R;
 }
 
 macro_rules! impl_thread_buffer {
     ($t:ty) => {
         impl ThreadBuffer for $t {
-            fn with_thread_buffer<R>(f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R) -> R {
+            fn with_thread_buffer<R>(
+                slot: Slot,
+                f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R,
+            ) -> R {
                 thread_local! {
-                    static BUFFER: RefCell<AlignedBuf<$t>> = RefCell::new(AVec::new(64));
+                    static BUFFERS: [RefCell<AlignedBuf<$t>>; 2] =
+                        [RefCell::new(AVec::new(64)), RefCell::new(AVec::new(64))];
                 }
-                BUFFER.with(f)
+                BUFFERS.with(|buffers| f(&buffers[slot as usize]))
             }
         }
     };

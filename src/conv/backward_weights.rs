@@ -20,7 +20,7 @@ use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm};
 use crate::im2col::{PlaneLayout, im2col, split_phases};
 use crate::parallel::*;
-use crate::scratch::take;
+use crate::scratch::{Slot, take, take_from};
 use crate::shape::ConvGeometry;
 use crate::tiling::{partition, tile_len, tiles};
 
@@ -83,10 +83,15 @@ pub(crate) fn phased_len(geo: &ConvGeometry, elem_size: usize) -> usize {
     }
 }
 
+/// Elements of one task's partial sums: its `dW` block for every group, then `db`.
+fn task_partial_len(geo: &ConvGeometry, s: &Split) -> usize {
+    geo.groups * geo.filters_per_group * s.block_channels * geo.taps + geo.out_channels
+}
+
 /// Elements of all partial sums of a call.
 pub(crate) fn partial_len(geo: &ConvGeometry, elem_size: usize) -> usize {
     let s = split(geo, elem_size);
-    s.image_chunks * (geo.w_len + geo.out_channels)
+    s.image_chunks * s.channel_blocks * task_partial_len(geo, &s)
 }
 
 pub(crate) fn backward_weights<T: Element>(
@@ -109,25 +114,27 @@ pub(crate) fn backward_weights<T: Element>(
         .collect();
 
     // Each task: the partial dW of (image chunk, channel block) for every group, laid out
-    // [group][filter][block rows], plus (block 0 only) the partial db.
-    let partials: Vec<(Vec<T>, Vec<T>)> = tasks
-        .par_iter()
-        .map_init(
+    // [group][filter][block rows], plus (block 0 only) the partial db, in its own slice of
+    // one buffer that the calling thread keeps between calls.
+    let stride = task_partial_len(geo, &s);
+    let mut partials = take_from::<T>(Slot::Partials, tasks.len() * stride);
+    partials
+        .par_chunks_mut(stride)
+        .zip(tasks.par_iter())
+        .for_each_init(
             || take::<T>(col_len + phased_len(geo, size_of::<T>())),
-            |buffers, &(chunk, block)| {
+            |buffers, (part, &(chunk, block))| {
                 let (col, phased) = buffers.split_at_mut(col_len);
                 let c0 = block * s.block_channels;
                 let channels = s.block_channels.min(cg - c0);
                 let rows = channels * taps;
-                let mut dw_part = vec![T::ZERO; geo.groups * kg * rows];
-                let mut db_part = vec![
-                    T::ZERO;
-                    if want_db && block == 0 {
-                        geo.out_channels
-                    } else {
-                        0
-                    }
-                ];
+                let (dw_part, rest) = part.split_at_mut(geo.groups * kg * rows);
+                let db_part = &mut rest[..if want_db && block == 0 {
+                    geo.out_channels
+                } else {
+                    0
+                }];
+                db_part.fill(T::ZERO);
                 let first_image = chunks[chunk].start;
                 for n in chunks[chunk].clone() {
                     let x_n = &x[n * x_image..][..x_image];
@@ -180,10 +187,8 @@ pub(crate) fn backward_weights<T: Element>(
                             .sum::<T>();
                     }
                 }
-                (dw_part, db_part)
             },
-        )
-        .collect();
+        );
 
     // Fixed-order reduction: every dW element is partial(chunk 0) + partial(chunk 1) + ...
     let row_len = cg * taps;
@@ -196,8 +201,8 @@ pub(crate) fn backward_weights<T: Element>(
                 let rows = s.block_channels.min(cg - c0) * taps;
                 let dst = &mut dw_row[c0 * taps..][..rows];
                 for chunk in 0..s.image_chunks {
-                    let part = &partials[chunk * s.channel_blocks + block].0[(g * kg + k) * rows..]
-                        [..rows];
+                    let part = &partials[(chunk * s.channel_blocks + block) * stride..]
+                        [(g * kg + k) * rows..][..rows];
                     if chunk == 0 {
                         dst.copy_from_slice(part);
                     } else {
@@ -212,7 +217,8 @@ pub(crate) fn backward_weights<T: Element>(
         for (k, out) in db.iter_mut().enumerate() {
             let mut sum = T::ZERO;
             for chunk in 0..s.image_chunks {
-                sum += partials[chunk * s.channel_blocks].1[k];
+                sum += partials[chunk * s.channel_blocks * stride
+                    + geo.groups * kg * s.block_channels.min(cg) * taps..][k];
             }
             *out = sum;
         }
