@@ -113,6 +113,34 @@ fn tap_offsets(geo: &ConvGeometry, width: usize) -> Vec<usize> {
     offsets
 }
 
+/// Elements of the scratch one task of `pass` uses (padded plane plus flat output), for
+/// [`Conv2d::workspace`](crate::Conv2d::workspace).
+pub(crate) fn scratch_len(geo: &ConvGeometry, pass: crate::Pass) -> usize {
+    let (hp, wp) = padded_dims(geo);
+    let (p, q) = (geo.h.output, geo.w.output);
+    match pass {
+        crate::Pass::Forward => {
+            hp * wp
+                + if unit_stride(geo) {
+                    (p - 1) * wp + q
+                } else {
+                    0
+                }
+        }
+        crate::Pass::BackwardData if unit_stride(geo) => {
+            let (eh, ew) = (
+                (geo.h.kernel - 1) * geo.h.dilation,
+                (geo.w.kernel - 1) * geo.w.dilation,
+            );
+            (geo.h.input + eh) * (geo.w.input + ew)
+                + (geo.h.input - 1) * (geo.w.input + ew)
+                + geo.w.input
+        }
+        crate::Pass::BackwardData => 0,
+        crate::Pass::BackwardWeights => hp * wp + (p - 1) * wp + q,
+    }
+}
+
 pub(crate) fn forward<T: Element>(
     geo: &ConvGeometry,
     x: &[T],
@@ -122,19 +150,14 @@ pub(crate) fn forward<T: Element>(
     y: &mut [T],
 ) {
     let (hp, wp) = padded_dims(geo);
-    let (p, q) = (geo.h.output, geo.w.output);
+    let q = geo.w.output;
     let (pad_h, pad_w) = (geo.h.padding as isize, geo.w.padding as isize);
     let offsets = tap_offsets(geo, wp);
-    let flat_len = if unit_stride(geo) {
-        (p - 1) * wp + q
-    } else {
-        0
-    };
     let multiplier = geo.filters_per_group;
     y.par_chunks_exact_mut(geo.out_plane)
         .enumerate()
         .for_each_init(
-            || Planes::<T>::new(hp * wp + flat_len),
+            || Planes::<T>::new(scratch_len(geo, crate::Pass::Forward)),
             |planes, (plane, y_plane)| {
                 let (n, k) = (plane / geo.out_channels, plane % geo.out_channels);
                 let c = k / multiplier;
@@ -183,12 +206,11 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
         ew as isize - geo.w.padding as isize,
     );
     let flipped: Vec<usize> = tap_offsets(geo, wq).into_iter().rev().collect();
-    let flat_len = (geo.h.input - 1) * wq + geo.w.input;
     let multiplier = geo.filters_per_group;
     dx.par_chunks_exact_mut(geo.in_plane)
         .enumerate()
         .for_each_init(
-            || Planes::<T>::new(hq * wq + flat_len),
+            || Planes::<T>::new(scratch_len(geo, crate::Pass::BackwardData)),
             |planes, (plane, dx_plane)| {
                 let (n, c) = (plane / geo.in_channels, plane % geo.in_channels);
                 let (shifted, flat) = planes.get().split_at_mut(hq * wq);
@@ -266,18 +288,18 @@ pub(crate) fn backward_weights<T: Element>(
     db: Option<&mut [T]>,
 ) {
     let (hp, wp) = padded_dims(geo);
-    let (p, q) = (geo.h.output, geo.w.output);
+    let q = geo.w.output;
     let (pad_h, pad_w) = (geo.h.padding as isize, geo.w.padding as isize);
     let offsets = tap_offsets(geo, wp);
-    // dy laid out with the padded plane's row stride (wp); the junk columns stay zero.
-    let flat_len = (p - 1) * wp + q;
+    // dy laid out with the padded plane's row stride (wp) after the padded plane; the junk
+    // columns stay zero.
     let multiplier = geo.filters_per_group;
     let want_db = db.is_some();
     let bias_sums: Vec<T> = dw
         .par_chunks_exact_mut(geo.taps)
         .enumerate()
         .map_init(
-            || Planes::<T>::new(hp * wp + flat_len),
+            || Planes::<T>::new(scratch_len(geo, crate::Pass::BackwardWeights)),
             |planes, (k, dw_k)| {
                 let c = k / multiplier;
                 let (padded, dy_flat) = planes.get().split_at_mut(hp * wp);

@@ -156,7 +156,7 @@ impl Conv2d {
         let elem = size_of::<T>();
         if self.algorithm == Algorithm::Depthwise {
             return Workspace {
-                column_bytes_per_task: 0,
+                column_bytes_per_task: depthwise::scratch_len(&self.geo, pass) * elem,
                 partial_bytes: 0,
             };
         }
