@@ -9,7 +9,7 @@ use crate::element::Element;
 
 /// Number of elements a strided `rows × cols` view can touch, counted from its start.
 #[inline]
-fn span(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> usize {
+pub(crate) fn span(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> usize {
     if rows == 0 || cols == 0 {
         0
     } else {

@@ -25,18 +25,40 @@ pub(crate) type AlignedBuf<T> = AVec<T, ConstAlign<64>>;
 pub(crate) struct Scratch<T: Element> {
     buf: AlignedBuf<T>,
     len: usize,
+    slot: Slot,
+}
+
+/// Which of a thread's two buffers a [`Scratch`] comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Slot {
+    /// Column tiles and padded planes of the passes ([`take`]).
+    Columns,
+    /// The packed A and B panels of the blocked GEMM ([`take_packing`]). A separate slot
+    /// because the GEMM runs while a pass holds its column tile: sharing one slot would
+    /// make every GEMM call allocate.
+    Packing,
 }
 
 /// Borrows this thread's scratch buffer, grown to at least `len` elements.
 pub(crate) fn take<T: Element>(len: usize) -> Scratch<T> {
-    let mut buf = T::with_thread_buffer(|cell| match cell.try_borrow_mut() {
+    take_from(Slot::Columns, len)
+}
+
+/// Borrows this thread's packing buffer (for the blocked GEMM), grown to at least `len`
+/// elements.
+pub(crate) fn take_packing<T: Element>(len: usize) -> Scratch<T> {
+    take_from(Slot::Packing, len)
+}
+
+fn take_from<T: Element>(slot: Slot, len: usize) -> Scratch<T> {
+    let mut buf = T::with_thread_buffer(slot, |cell| match cell.try_borrow_mut() {
         Ok(mut slot) => std::mem::replace(&mut *slot, AVec::new(64)),
         Err(_) => AVec::new(64),
     });
     if buf.len() < len {
         buf.resize(len, T::ZERO);
     }
-    Scratch { buf, len }
+    Scratch { buf, len, slot }
 }
 
 impl<T: Element> Deref for Scratch<T> {
@@ -56,7 +78,7 @@ impl<T: Element> Drop for Scratch<T> {
     /// Returns the buffer to this thread's slot, keeping the larger of the two.
     fn drop(&mut self) {
         let buf = std::mem::replace(&mut self.buf, AVec::new(64));
-        T::with_thread_buffer(|cell| {
+        T::with_thread_buffer(self.slot, |cell| {
             if let Ok(mut slot) = cell.try_borrow_mut()
                 && slot.len() < buf.len()
             {
@@ -66,21 +88,28 @@ impl<T: Element> Drop for Scratch<T> {
     }
 }
 
-/// The per-type thread-local buffer behind [`take`] (a supertrait of [`Element`],
-/// unnameable outside the crate).
+/// The per-type thread-local buffers behind [`take`] and [`take_packing`] (a supertrait
+/// of [`Element`], unnameable outside the crate).
 pub trait ThreadBuffer: Sized + 'static {
-    /// Runs `f` on this thread's buffer slot.
-    fn with_thread_buffer<R>(f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R) -> R;
+    /// Runs `f` on this thread's buffer of the given slot.
+    fn with_thread_buffer<R>(slot: Slot, f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R) -> R;
 }
 
 macro_rules! impl_thread_buffer {
     ($t:ty) => {
         impl ThreadBuffer for $t {
-            fn with_thread_buffer<R>(f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R) -> R {
+            fn with_thread_buffer<R>(
+                slot: Slot,
+                f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R,
+            ) -> R {
                 thread_local! {
-                    static BUFFER: RefCell<AlignedBuf<$t>> = RefCell::new(AVec::new(64));
+                    static COLUMNS: RefCell<AlignedBuf<$t>> = RefCell::new(AVec::new(64));
+                    static PACKING: RefCell<AlignedBuf<$t>> = RefCell::new(AVec::new(64));
                 }
-                BUFFER.with(f)
+                match slot {
+                    Slot::Columns => COLUMNS.with(f),
+                    Slot::Packing => PACKING.with(f),
+                }
             }
         }
     };
