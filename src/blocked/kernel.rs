@@ -149,6 +149,13 @@ macro_rules! simd_kernel {
             const MR: usize = $mr;
             const NV: usize = $nv;
             const L: usize = $lanes;
+            // Start fetching the C tile now: it is touched only after the k loop, and
+            // from the second k block on it has usually left L1.
+            for i in 0..MR {
+                let row = c.wrapping_offset(i as isize * rsc).cast::<i8>();
+                _mm_prefetch::<_MM_HINT_T0>(row);
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NV * L * size_of::<$t>() - 1));
+            }
             let mut acc = [[$zero(); NV]; MR];
             let (mut a, mut b) = (a, b);
             for _ in 0..k {

@@ -109,21 +109,63 @@ impl<T: Element> PackB<T> for StridedB<'_, T> {
                     32 => copy_rows::<T, 32>(m, depth.start, j0, w, panel),
                     _ => copy_rows_dyn(m, nr, depth.start, j0, w, panel),
                 }
+            } else if m.row_stride == 1 && w == nr {
+                // Columns are contiguous (transposed B, or a row-major A seen as Aᵀ):
+                // read the nr columns side by side, write each packed row once.
+                match nr {
+                    4 => gather_cols::<T, 4>(m, depth.start, j0, kc, panel),
+                    6 => gather_cols::<T, 6>(m, depth.start, j0, kc, panel),
+                    8 => gather_cols::<T, 8>(m, depth.start, j0, kc, panel),
+                    16 => gather_cols::<T, 16>(m, depth.start, j0, kc, panel),
+                    32 => gather_cols::<T, 32>(m, depth.start, j0, kc, panel),
+                    _ => gather_any(m, nr, depth.start, j0, w, panel),
+                }
             } else {
-                // Columns are contiguous (transposed B) or nothing is: read down each
-                // column, write with stride nr.
-                for j in 0..w {
-                    let col = (j0 + j) * m.col_stride;
-                    for kk in 0..kc {
-                        panel[kk * nr + j] = m.data[(depth.start + kk) * m.row_stride + col];
-                    }
-                }
-                if w < nr {
-                    for row in panel.chunks_exact_mut(nr) {
-                        row[w..].fill(T::ZERO);
-                    }
-                }
+                gather_any(m, nr, depth.start, j0, w, panel);
             }
+        }
+    }
+}
+
+/// Column-contiguous B (`row_stride == 1`), a full panel of `NR` columns: `NR` source
+/// streams read in step, one packed row written at a time.
+#[inline]
+fn gather_cols<T: Element, const NR: usize>(
+    m: &MatRef<'_, T>,
+    k0: usize,
+    j0: usize,
+    kc: usize,
+    panel: &mut [T],
+) {
+    let panel = &mut panel[..kc * NR];
+    let cols: [&[T]; NR] = std::array::from_fn(|j| &m.data[(j0 + j) * m.col_stride + k0..][..kc]);
+    for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+        let row: &mut [T; NR] = row.try_into().expect("chunks of NR");
+        for (v, col) in row.iter_mut().zip(&cols) {
+            *v = col[kk];
+        }
+    }
+}
+
+/// Any strides, any panel width: element by element down each column, zero padding.
+fn gather_any<T: Element>(
+    m: &MatRef<'_, T>,
+    nr: usize,
+    k0: usize,
+    j0: usize,
+    w: usize,
+    panel: &mut [T],
+) {
+    let kc = panel.len() / nr;
+    for j in 0..w {
+        let col = (j0 + j) * m.col_stride;
+        for kk in 0..kc {
+            panel[kk * nr + j] = m.data[(k0 + kk) * m.row_stride + col];
+        }
+    }
+    if w < nr {
+        for row in panel.chunks_exact_mut(nr) {
+            row[w..].fill(T::ZERO);
         }
     }
 }
