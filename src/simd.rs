@@ -7,8 +7,9 @@
 //! picks the best wrapper the CPU supports, detected once.
 //!
 //! `CONVGEMM_ISA=avx512|avx2|scalar` forces a path (a path the CPU lacks falls back to
-//! the best it has), so the tests exercise every kernel on one machine. The GEMM itself
-//! is matrixmultiply's, which does its own detection.
+//! the best it has), so the tests exercise every kernel on one machine. The same choice
+//! picks the GEMM microkernel (`crate::blocked`); on the scalar path the GEMM is
+//! matrixmultiply's, which does its own detection.
 
 use std::sync::OnceLock;
 

@@ -80,7 +80,6 @@ impl_engine!(f64);
 /// stores whole vectors; the result is the same bits either way.
 ///
 /// Panics if the shapes disagree or a view addresses elements outside its slice.
-#[allow(dead_code)] // routed from `crate::gemm::gemm` once it beats matrixmultiply
 pub(crate) fn gemm<T: Element>(
     alpha: T,
     a: MatRef<'_, T>,
