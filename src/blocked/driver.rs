@@ -76,7 +76,12 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
     let (mr, nr) = (K::MR, K::NR);
     let kc_max = block_len(k, K::KC, 1);
     let mc_max = block_len(m, K::MC, mr);
-    let nc_max = block_len(n, K::NC, nr);
+    // NC keeps the packed B block in L2 for its reuse by every A block. With a single A
+    // block (m <= MC: the conv layers' filter counts) there is no such reuse: each B
+    // micro-panel is used by the MC/MR A micro-panels right after it is packed, so wider
+    // B blocks cost only memory and save re-packing A once per NC columns.
+    let nc_cap = if m <= K::MC { 8 * K::NC } else { K::NC };
+    let nc_max = block_len(n, nc_cap, nr);
     let a_len = mc_max * kc_max;
     let b_len = nc_max * kc_max;
     let mut buf = scratch::take_packing::<T>(a_len + b_len + mr * nr);

@@ -98,18 +98,26 @@ impl<T: Element> PackB<T> for StridedB<'_, T> {
             "pack_b: wrong destination length"
         );
         let m = &self.0;
+        if m.col_stride == 1 {
+            // Rows of B are contiguous: walk them once each, in order (one read stream),
+            // dealing each row's nr-wide pieces out to the panels.
+            match nr {
+                8 => deal_rows::<T, 8>(m, depth.start, cols, dst),
+                16 => deal_rows::<T, 16>(m, depth.start, cols, dst),
+                32 => deal_rows::<T, 32>(m, depth.start, cols, dst),
+                _ => {
+                    for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
+                        let j0 = cols.start + p * nr;
+                        copy_rows_dyn(m, nr, depth.start, j0, nr.min(cols.end - j0), panel);
+                    }
+                }
+            }
+            return;
+        }
         for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
             let j0 = cols.start + p * nr;
             let w = nr.min(cols.end - j0);
-            if m.col_stride == 1 {
-                // Rows of the panel are contiguous in B: one copy per k.
-                match nr {
-                    8 => copy_rows::<T, 8>(m, depth.start, j0, w, panel),
-                    16 => copy_rows::<T, 16>(m, depth.start, j0, w, panel),
-                    32 => copy_rows::<T, 32>(m, depth.start, j0, w, panel),
-                    _ => copy_rows_dyn(m, nr, depth.start, j0, w, panel),
-                }
-            } else if m.row_stride == 1 && w == nr {
+            if m.row_stride == 1 && w == nr {
                 // Columns are contiguous (transposed B, or a row-major A seen as Aᵀ):
                 // read the nr columns side by side, write each packed row once.
                 match nr {
@@ -170,23 +178,32 @@ fn gather_any<T: Element>(
     }
 }
 
-/// Row-major B, panel width a constant: full rows are fixed-size copies.
+/// Row-major B, panel width a constant: row `kk` of B goes out as full `NR`-wide pieces
+/// (fixed-size copies) to every panel, then the zero-padded tail piece.
 #[inline]
-fn copy_rows<T: Element, const NR: usize>(
+fn deal_rows<T: Element, const NR: usize>(
     m: &MatRef<'_, T>,
     k0: usize,
-    j0: usize,
-    w: usize,
-    panel: &mut [T],
+    cols: Range<usize>,
+    dst: &mut [T],
 ) {
-    for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
-        let src = &m.data[(k0 + kk) * m.row_stride + j0..];
-        if w == NR {
-            let src: &[T; NR] = src.first_chunk().expect("a full row in bounds");
-            row.copy_from_slice(src);
-        } else {
-            row[..w].copy_from_slice(&src[..w]);
-            row[w..].fill(T::ZERO);
+    let w = cols.len();
+    let kc = dst.len() / w.div_ceil(NR) / NR;
+    let (full, rem) = (w / NR, w % NR);
+    for kk in 0..kc {
+        let src = &m.data[(k0 + kk) * m.row_stride + cols.start..][..w];
+        let (pieces, tail) = src.split_at(full * NR);
+        for (p, piece) in pieces.chunks_exact(NR).enumerate() {
+            let piece: &[T; NR] = piece.try_into().expect("chunks of NR");
+            let out: &mut [T; NR] = (&mut dst[(p * kc + kk) * NR..][..NR])
+                .try_into()
+                .expect("NR elements");
+            *out = *piece;
+        }
+        if rem > 0 {
+            let out = &mut dst[(full * kc + kk) * NR..][..NR];
+            out[..rem].copy_from_slice(tail);
+            out[rem..].fill(T::ZERO);
         }
     }
 }
