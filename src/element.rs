@@ -31,6 +31,7 @@ pub trait Element:
     + Sum
     + sealed::Kernels
     + crate::scratch::ThreadBuffer
+    + crate::blocked::Engine
 {
     /// Additive identity.
     const ZERO: Self;

@@ -1,15 +1,16 @@
-//! A safe, bounds-checked wrapper over matrixmultiply's strided GEMM.
+//! A safe, bounds-checked GEMM on strided views: the crate's own blocked GEMM
+//! ([`crate::blocked`]) on the AVX-512 and AVX2 paths, matrixmultiply elsewhere.
 //!
 //! The passes describe each operand as a [`MatRef`] / [`MatMut`]: a slice plus rows,
 //! columns and strides (in elements). [`gemm`] checks once per call that every addressed
-//! element lies inside its slice, then hands raw pointers to the cache-blocked kernel.
+//! element lies inside its slice, then hands the views to the engine ([`use_blocked`]).
 //! Transposes are expressed by swapping strides, never by copying.
 
 use crate::element::Element;
 
 /// Number of elements a strided `rows × cols` view can touch, counted from its start.
 #[inline]
-fn span(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> usize {
+pub(crate) fn span(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> usize {
     if rows == 0 || cols == 0 {
         0
     } else {
@@ -78,6 +79,14 @@ impl<'a, T> MatMut<'a, T> {
     }
 }
 
+/// Whether [`gemm`] runs the crate's blocked GEMM: on the AVX-512 and AVX2 paths, where
+/// its kernels match or beat matrixmultiply on every shape of `examples/gemm_bench.rs`
+/// (see BENCHMARKS-gemm.md). On the scalar path (`CONVGEMM_ISA=scalar`, other ISAs)
+/// matrixmultiply stays the engine: its SSE2/NEON kernels beat the portable one.
+pub(crate) fn use_blocked() -> bool {
+    crate::simd::isa() != crate::simd::Isa::Scalar
+}
+
 /// `c = alpha · a · b + beta · c`. If `beta` is zero, `c` is not read (it may hold garbage).
 ///
 /// Panics if the shapes disagree or a view addresses elements outside its slice: both are
@@ -120,6 +129,10 @@ pub(crate) fn gemm<T: Element>(
             || c.col_stride >= c.rows * c.row_stride
     );
     if c.rows == 0 || c.cols == 0 {
+        return;
+    }
+    if use_blocked() {
+        crate::blocked::gemm(alpha, a, b, beta, c);
         return;
     }
     // SAFETY: the asserts above prove every element addressed through the three views lies

@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 mod activation;
+mod blocked;
 mod conv;
 mod depthwise;
 mod element;
@@ -66,6 +67,9 @@ pub use linear::Linear;
 pub use pool::{AvgPool2d, MaxPool2d, Pool2dSpec};
 pub use shape::Conv2dSpec;
 pub use simd::isa_name;
+
+#[doc(hidden)]
+pub use blocked::testing as __blocked_testing;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -8,9 +8,9 @@
 //! [`Conv2d::workspace`](crate::Conv2d::workspace)).
 //!
 //! A buffer is lent to one task at a time: if the thread's buffer is already out, `take`
-//! allocates a fresh one. A second slot holds per-call results that outlive the tasks
-//! (the weight gradient's partial sums), so the calling thread can keep them while it
-//! also runs tasks.
+//! allocates a fresh one. Separate slots hold per-call results that outlive the tasks
+//! (the weight gradient's partial sums, kept by the calling thread while it also runs
+//! tasks) and the blocked GEMM's packed panels (used while a task holds its column tile).
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
@@ -30,6 +30,10 @@ pub enum Slot {
     /// Per-call results that outlive the tasks (the weight gradient's partial sums), held
     /// by the calling thread while its tasks use [`Slot::Columns`].
     Partials = 1,
+    /// The packed A and B panels of the blocked GEMM ([`take_packing`]): the GEMM runs
+    /// while a pass holds its column tile, so sharing that slot would make every GEMM call
+    /// allocate.
+    Packing = 2,
 }
 
 /// A lent scratch buffer of a fixed length. Its initial contents are unspecified (zeros
@@ -43,6 +47,12 @@ pub(crate) struct Scratch<T: Element> {
 /// Borrows this thread's column buffer, grown to at least `len` elements.
 pub(crate) fn take<T: Element>(len: usize) -> Scratch<T> {
     take_from(Slot::Columns, len)
+}
+
+/// Borrows this thread's packing buffer (for the blocked GEMM), grown to at least `len`
+/// elements.
+pub(crate) fn take_packing<T: Element>(len: usize) -> Scratch<T> {
+    take_from(Slot::Packing, len)
 }
 
 /// Borrows this thread's buffer of `slot`, grown to at least `len` elements.
@@ -84,8 +94,8 @@ impl<T: Element> Drop for Scratch<T> {
     }
 }
 
-/// The per-type thread-local buffer behind [`take`] (a supertrait of [`Element`],
-/// unnameable outside the crate).
+/// The per-type thread-local buffers behind [`take`], [`take_from`] and [`take_packing`]
+/// (a supertrait of [`Element`], unnameable outside the crate).
 pub trait ThreadBuffer: Sized + 'static {
     /// Runs `f` on this thread's buffer of `slot`.
     fn with_thread_buffer<R>(slot: Slot, f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R) -> R;
@@ -99,8 +109,12 @@ macro_rules! impl_thread_buffer {
                 f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R,
             ) -> R {
                 thread_local! {
-                    static BUFFERS: [RefCell<AlignedBuf<$t>>; 2] =
-                        [RefCell::new(AVec::new(64)), RefCell::new(AVec::new(64))];
+                    static BUFFERS: [RefCell<AlignedBuf<$t>>; 3] =
+                        [
+                        RefCell::new(AVec::new(64)),
+                        RefCell::new(AVec::new(64)),
+                        RefCell::new(AVec::new(64)),
+                    ];
                 }
                 BUFFERS.with(|buffers| f(&buffers[slot as usize]))
             }

@@ -7,14 +7,19 @@
 //! picks the best wrapper the CPU supports, detected once.
 //!
 //! `CONVGEMM_ISA=avx512|avx2|scalar` forces a path (a path the CPU lacks falls back to
-//! the best it has), so the tests exercise every kernel on one machine. The GEMM itself
-//! is matrixmultiply's, which does its own detection.
+//! the best it has), so the tests exercise every kernel on one machine. The same choice
+//! picks the GEMM microkernel (`crate::blocked`); on the scalar path the GEMM is
+//! matrixmultiply's, which does its own detection.
 
 use std::sync::OnceLock;
 
 /// An instruction-set level for the crate's vectorized loops.
+///
+/// Nominally `pub` (in this private module, so unnameable outside the crate) because the
+/// blocked GEMM's per-type dispatch, a hidden supertrait of [`Element`](crate::Element),
+/// takes it as an argument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Isa {
+pub enum Isa {
     /// Baseline code (SSE2 on x86-64; whatever the target has elsewhere).
     Scalar,
     /// AVX2 and FMA (x86-64 only).
@@ -23,7 +28,8 @@ pub(crate) enum Isa {
     Avx512,
 }
 
-fn detect() -> Isa {
+/// The best path this CPU supports, ignoring `CONVGEMM_ISA`.
+pub(crate) fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
@@ -49,6 +55,17 @@ pub(crate) fn isa() -> Isa {
         };
         forced.min(best)
     })
+}
+
+/// Parses a path name as `CONVGEMM_ISA` spells it, clamped to what the CPU supports.
+pub(crate) fn isa_from_name(name: &str) -> Option<Isa> {
+    let wanted = match name {
+        "avx512" => Isa::Avx512,
+        "avx2" => Isa::Avx2,
+        "scalar" => Isa::Scalar,
+        _ => return None,
+    };
+    Some(wanted.min(detect()))
 }
 
 /// The path name the crate's own loops use on this machine (for reports): `"avx512"`,

@@ -1,0 +1,108 @@
+//! AVX-512F microkernels (f32: 8 × 32, f64: 8 × 16), 16 accumulators in zmm registers.
+//!
+//! Tile shapes: on Zen 4 one 512-bit FMA issues per cycle with a 4-cycle latency, so 16
+//! independent accumulators hide the latency four times over and leave 16 of the 32 zmm
+//! registers for the B row and spare. The rows of the tile (MR = 8) divide every channel
+//! count the conv layers use (64, 128, 256, 576), so M needs no padding; NR = 2 vectors
+//! keeps the padding of pixel counts (N) small: 455 → 480, 196 → 224, 784 → 800.
+//!
+//! Block sizes (L1d 32 KiB, L2 1 MiB per core, L3 32 MiB shared):
+//! - `KC`: one k-step of the f32 kernel reads 8 + 32 values (160 B). With the B micro-panel
+//!   (`KC × NR`) reused across the `MC / MR` A micro-panels of a block, `KC = 256` makes it
+//!   32 KiB (f32, NR 32) / 32 KiB (f64, NR 16): L1-sized, and the first-touch misses it
+//!   takes are streamed from L2 by the prefetcher (64 B/cycle, 8× what the kernel needs).
+//!   Deeper KC halves how often each C tile is loaded and stored (once per KC block).
+//! - `MC`: the packed A block `MC × KC` stays in L2 for all `NC / NR` B micro-panels:
+//!   f32 `192 × 256 × 4` = 192 KiB, a fifth of L2.
+//! - `NC`: the packed B block `KC × NC` stays in L2 across the `M / MC` A blocks:
+//!   f32 `256 × 1024 × 4` = 1 MiB would fill it, so NC = 512 (512 KiB) leaves L2 room
+//!   for the A block and C lines.
+
+use std::arch::x86_64::*;
+
+use super::kernel::{Kernel, simd_kernel};
+
+/// The AVX-512F kernels.
+pub struct Avx512;
+
+simd_kernel!(
+    kernel_f32,
+    f32,
+    "avx512f",
+    16,
+    mr = 8,
+    nv = 2,
+    zero = _mm512_setzero_ps,
+    splat = _mm512_set1_ps,
+    load = _mm512_loadu_ps,
+    store = _mm512_storeu_ps,
+    fma = _mm512_fmadd_ps,
+    mul = _mm512_mul_ps
+);
+
+simd_kernel!(
+    kernel_f64,
+    f64,
+    "avx512f",
+    8,
+    mr = 8,
+    nv = 2,
+    zero = _mm512_setzero_pd,
+    splat = _mm512_set1_pd,
+    load = _mm512_loadu_pd,
+    store = _mm512_storeu_pd,
+    fma = _mm512_fmadd_pd,
+    mul = _mm512_mul_pd
+);
+
+impl Kernel<f32> for Avx512 {
+    const MR: usize = 8;
+    const NR: usize = 32;
+    /// B micro-panel `256 × 32 × 4 B` = 32 KiB (L1); see the module doc.
+    const KC: usize = 256;
+    /// A block `192 × 256 × 4 B` = 192 KiB (L2).
+    const MC: usize = 192;
+    /// B block `256 × 512 × 4 B` = 512 KiB (half of L2).
+    const NC: usize = 512;
+
+    #[inline(always)]
+    unsafe fn kernel(
+        k: usize,
+        alpha: f32,
+        a: *const f32,
+        b: *const f32,
+        beta: f32,
+        c: *mut f32,
+        rsc: isize,
+    ) {
+        // SAFETY: the caller upholds `Kernel::kernel`'s contract, which includes that the
+        // CPU has AVX-512F.
+        unsafe { kernel_f32(k, alpha, a, b, beta, c, rsc) }
+    }
+}
+
+impl Kernel<f64> for Avx512 {
+    const MR: usize = 8;
+    const NR: usize = 16;
+    /// B micro-panel `256 × 16 × 8 B` = 32 KiB (L1).
+    const KC: usize = 256;
+    /// A block `96 × 256 × 8 B` = 192 KiB (L2).
+    const MC: usize = 96;
+    /// B block `256 × 256 × 8 B` = 512 KiB (half of L2).
+    const NC: usize = 256;
+
+    #[inline(always)]
+    unsafe fn kernel(
+        k: usize,
+        alpha: f64,
+        a: *const f64,
+        b: *const f64,
+        beta: f64,
+        c: *mut f64,
+        rsc: isize,
+    ) {
+        // SAFETY: the caller upholds `Kernel::kernel`'s contract, which includes that the
+        // CPU has AVX-512F.
+        unsafe { kernel_f64(k, alpha, a, b, beta, c, rsc) }
+    }
+}

@@ -1,0 +1,183 @@
+//! The blocking loops (the plumbing), written once against [`Kernel`].
+//!
+//! ```text
+//! for jc in n by NC:                  B block KC × NC lives in L2
+//!   for pc in k by KC:                  pack B[pc.., jc..]           (PackB)
+//!     for ic in m by MC:                  pack A[ic.., pc..]         (PackA), lives in L2
+//!       for jr in nc by NR:                 B micro-panel KC × NR lives in L1
+//!         for ir in mc by MR:                 kernel: C[ir, jr] (+)= A panel · B panel
+//! ```
+//!
+//! The first `k` block applies the caller's `beta`; later ones accumulate (`beta = 1`).
+//! The `k` blocks depend only on `k`, and every tile, full or partial, goes through the
+//! same kernel (partial ones through a local tile), so each element of C is computed by
+//! the same operations in the same order however the caller splits M and N.
+
+use super::kernel::Kernel;
+use super::pack::{PackA, PackB};
+use crate::element::Element;
+use crate::scratch;
+
+/// The C operand as the driver writes it: a raw strided view whose bounds the safe entry
+/// points have checked.
+pub struct RawMatMut<T> {
+    pub(super) ptr: *mut T,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) row_stride: isize,
+    pub(super) col_stride: isize,
+}
+
+/// Length of the equal blocks (rounded up to a multiple of `unit`) that cover `len` in
+/// `len.div_ceil(max)` blocks: 576 with KC 256 gives 3 × 192, not 256 + 256 + 64.
+fn block_len(len: usize, max: usize, unit: usize) -> usize {
+    let blocks = len.div_ceil(max).max(1);
+    len.div_ceil(blocks)
+        .next_multiple_of(unit)
+        .min(max.next_multiple_of(unit))
+}
+
+/// `C = alpha · A · B + beta · C` with kernel `K`.
+///
+/// # Safety
+/// Every element of `c` (`rows × cols` with its strides) is valid for writes (and reads
+/// unless `beta == 0`), distinct elements have distinct addresses, and `c` does not
+/// overlap anything `a` and `b` read. `a.rows() == c.rows`, `a.depth() == b.depth()`,
+/// `b.cols() == c.cols`. The CPU supports `K`'s instructions.
+#[inline(always)]
+pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
+    alpha: T,
+    a: &A,
+    b: &B,
+    beta: T,
+    c: RawMatMut<T>,
+) {
+    let (m, k, n) = (c.rows, a.depth(), c.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let at = |i: usize, j: usize| {
+        // SAFETY: (i, j) is inside the rows × cols view the caller guarantees valid.
+        unsafe {
+            c.ptr
+                .offset(i as isize * c.row_stride + j as isize * c.col_stride)
+        }
+    };
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                let p = at(i, j);
+                // SAFETY: valid element of C; read only when beta != 0.
+                unsafe { *p = if beta == T::ZERO { T::ZERO } else { beta * *p } };
+            }
+        }
+        return;
+    }
+    let (mr, nr) = (K::MR, K::NR);
+    let kc_max = block_len(k, K::KC, 1);
+    let mc_max = block_len(m, K::MC, mr);
+    // NC keeps the packed B block in L2 for its reuse by every A block. With a single A
+    // block (m <= MC: the conv layers' filter counts) there is no such reuse: each B
+    // micro-panel is used by the MC/MR A micro-panels right after it is packed, so wider
+    // B blocks cost only memory and save re-packing A once per NC columns.
+    let nc_cap = if m <= K::MC { 8 * K::NC } else { K::NC };
+    let nc_max = block_len(n, nc_cap, nr);
+    let a_len = mc_max * kc_max;
+    let b_len = nc_max * kc_max;
+    let mut buf = scratch::take_packing::<T>(a_len + b_len + mr * nr);
+    let (a_buf, rest) = buf.split_at_mut(a_len);
+    let (b_buf, tile) = rest.split_at_mut(b_len);
+
+    for jc in (0..n).step_by(nc_max) {
+        let nc = nc_max.min(n - jc);
+        for pc in (0..k).step_by(kc_max) {
+            let kc = kc_max.min(k - pc);
+            let b_pack = &mut b_buf[..nc.div_ceil(nr) * nr * kc];
+            b.pack_b(nr, pc..pc + kc, jc..jc + nc, b_pack);
+            let beta = if pc == 0 { beta } else { T::ONE };
+            for ic in (0..m).step_by(mc_max) {
+                let mc = mc_max.min(m - ic);
+                let a_pack = &mut a_buf[..mc.div_ceil(mr) * mr * kc];
+                a.pack_a(mr, ic..ic + mc, pc..pc + kc, a_pack);
+                for jr in (0..nc).step_by(nr) {
+                    let w = nr.min(nc - jr);
+                    let b_panel = &b_pack[jr * kc..][..nr * kc];
+                    for ir in (0..mc).step_by(mr) {
+                        let h = mr.min(mc - ir);
+                        let a_panel = &a_pack[ir * kc..][..mr * kc];
+                        let c_tile = at(ic + ir, jc + jr);
+                        if h == mr && w == nr && c.col_stride == 1 {
+                            // SAFETY: the panels hold kc·MR and kc·NR packed elements; the
+                            // MR × NR tile at c_tile is inside C (h, w full) with unit
+                            // column stride; the CPU check is the caller's.
+                            unsafe {
+                                K::kernel(
+                                    kc,
+                                    alpha,
+                                    a_panel.as_ptr(),
+                                    b_panel.as_ptr(),
+                                    beta,
+                                    c_tile,
+                                    c.row_stride,
+                                )
+                            };
+                        } else {
+                            edge_tile::<T, K>(
+                                alpha, a_panel, b_panel, beta, &c, c_tile, h, w, tile,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A partial tile, or a tile of a C without unit column stride: the kernel runs on the
+/// local `MR × NR` `tile`, with the valid `h × w` part of C copied in (unless `beta` is
+/// 0) and out. Copies are exact, so the result is the full-tile kernel's, bit for bit.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn edge_tile<T: Element, K: Kernel<T>>(
+    alpha: T,
+    a_panel: &[T],
+    b_panel: &[T],
+    beta: T,
+    c: &RawMatMut<T>,
+    c_tile: *mut T,
+    h: usize,
+    w: usize,
+    tile: &mut [T],
+) {
+    let (mr, nr) = (K::MR, K::NR);
+    let kc = a_panel.len() / mr;
+    let (rs, cs) = (c.row_stride, c.col_stride);
+    let tile = &mut tile[..mr * nr];
+    if beta != T::ZERO {
+        for i in 0..h {
+            for j in 0..w {
+                // SAFETY: (i, j) with i < h, j < w is inside C (the driver's bounds).
+                tile[i * nr + j] = unsafe { *c_tile.offset(i as isize * rs + j as isize * cs) };
+            }
+        }
+    }
+    // SAFETY: the panels hold kc·MR and kc·NR elements; `tile` is a local MR × NR
+    // row-major buffer (row stride NR), not aliased by the panels.
+    unsafe {
+        K::kernel(
+            kc,
+            alpha,
+            a_panel.as_ptr(),
+            b_panel.as_ptr(),
+            beta,
+            tile.as_mut_ptr(),
+            nr as isize,
+        )
+    };
+    for i in 0..h {
+        for j in 0..w {
+            // SAFETY: as above.
+            unsafe { *c_tile.offset(i as isize * rs + j as isize * cs) = tile[i * nr + j] };
+        }
+    }
+}

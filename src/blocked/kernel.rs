@@ -1,0 +1,207 @@
+//! The microkernel contract ([`Kernel`]), the portable kernel, and the macro that writes
+//! the SIMD kernels.
+//!
+//! A kernel owns one `MR × NR` tile of C in registers and runs the innermost loop of the
+//! GEMM: for `k` steps it multiplies one column of a packed A panel (`MR` values) by one
+//! row of a packed B panel (`NR` values) into the tile, then writes the tile back once.
+//! Everything else (blocking, packing, edge tiles, strided C) is the driver's, written
+//! once against this trait.
+
+/// One register-blocked microkernel and the block sizes the driver uses with it.
+///
+/// Block sizes are per kernel because they follow from its tile shape and element size;
+/// each implementation gives the cache reasoning next to its constants.
+pub trait Kernel<T> {
+    /// Rows of the C tile (and of a packed A panel).
+    const MR: usize;
+    /// Columns of the C tile (and of a packed B panel).
+    const NR: usize;
+    /// Depth of one packed block: the `k` range a packed A panel (`MR × KC`) and B panel
+    /// (`KC × NR`) cover. The driver splits `k` into equal blocks of at most `KC`.
+    const KC: usize;
+    /// Rows of C per packed A block (`MC × KC`); a multiple of `MR`.
+    const MC: usize;
+    /// Columns of C per packed B block (`KC × NC`); a multiple of `NR`.
+    const NC: usize;
+
+    /// Computes, for the `MR × NR` tile at `c` (row `i` at `c + i·rsc`, unit column
+    /// stride), with `acc[i][j] = Σ_{p < k} a[p·MR + i] · b[p·NR + j]` summed in
+    /// ascending `p` (FMA kernels: `acc = fma(a, b, acc)`, starting from 0):
+    ///
+    /// - `beta == 0`: `c = alpha · acc`, and `c` is **not read** (it may hold NaN);
+    /// - otherwise: `c = alpha · acc + beta · c` (FMA kernels: `fma(alpha, acc, beta·c)`;
+    ///   `beta == 1` gives the same bits without the multiply).
+    ///
+    /// The arithmetic of one element depends only on its own A row, B column and C value,
+    /// never on where it sits in the tile: that is what makes the GEMM's results
+    /// independent of how the caller splits M and N.
+    ///
+    /// # Safety
+    /// - `a` is valid for reads of `k·MR` elements, `b` of `k·NR` elements;
+    /// - `c + i·rsc + j` for `i < MR`, `j < NR` are valid for writes (and for reads unless
+    ///   `beta == 0`), distinct, and do not overlap `a` or `b`;
+    /// - the CPU supports the instructions of the kernel (the driver selects a kernel only
+    ///   after [`simd::isa`](crate::simd::isa) reported its ISA).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel(k: usize, alpha: T, a: *const T, b: *const T, beta: T, c: *mut T, rsc: isize);
+}
+
+/// The portable kernel: plain Rust, a separate multiply and add (the baseline x86-64 has
+/// no FMA; `mul_add` would be a library call). LLVM vectorizes the `NR` loop with SSE2.
+pub struct Portable;
+
+/// Tile of the portable kernel: 4 × 8 accumulators fit the 16 SSE registers for f32
+/// (4 × 2 vectors) and nearly for f64 (4 × 4).
+const P_MR: usize = 4;
+const P_NR: usize = 8;
+
+macro_rules! impl_portable {
+    ($t:ty) => {
+        impl Kernel<$t> for Portable {
+            const MR: usize = P_MR;
+            const NR: usize = P_NR;
+            /// Same cache reasoning as the SIMD kernels, scaled to the small tile: the
+            /// B panel `KC × NR` (16 KiB for f32) stays in L1 while the A block streams.
+            const KC: usize = 256;
+            /// `MC × KC` in half of the 1 MiB L2.
+            const MC: usize = 128;
+            /// `KC × NC` (f32: 512 KiB) in the other half of L2.
+            const NC: usize = 512;
+
+            #[inline]
+            unsafe fn kernel(
+                k: usize,
+                alpha: $t,
+                a: *const $t,
+                b: *const $t,
+                beta: $t,
+                c: *mut $t,
+                rsc: isize,
+            ) {
+                // SAFETY: the caller guarantees `a` holds k·MR and `b` k·NR elements.
+                let (a, b) = unsafe {
+                    (
+                        std::slice::from_raw_parts(a, k * P_MR),
+                        std::slice::from_raw_parts(b, k * P_NR),
+                    )
+                };
+                let mut acc = [[0.0 as $t; P_NR]; P_MR];
+                for (ap, bp) in a.chunks_exact(P_MR).zip(b.chunks_exact(P_NR)) {
+                    for i in 0..P_MR {
+                        for j in 0..P_NR {
+                            acc[i][j] += ap[i] * bp[j];
+                        }
+                    }
+                }
+                for (i, acc_row) in acc.iter().enumerate() {
+                    // SAFETY: the caller guarantees the MR rows of NR elements at
+                    // `c + i·rsc` are valid, distinct and not aliased by `a` or `b`.
+                    let row =
+                        unsafe { std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), P_NR) };
+                    if beta == 0.0 {
+                        for (cv, &av) in row.iter_mut().zip(acc_row) {
+                            *cv = alpha * av;
+                        }
+                    } else {
+                        for (cv, &av) in row.iter_mut().zip(acc_row) {
+                            *cv = alpha * av + beta * *cv;
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+impl_portable!(f32);
+impl_portable!(f64);
+
+/// Writes a SIMD microkernel as a `#[target_feature]` function `$name`.
+///
+/// The tile is `MR` rows × `NV` vectors of `$lanes` lanes. Accumulators are a local
+/// `[[vector; NV]; MR]` indexed only by constants after full unrolling, so LLVM keeps
+/// every one in a register (checked with `objdump`, see the module doc of `blocked`).
+/// Each step loads the `NV` vectors of the B row and broadcasts each A value (folded
+/// into the FMA as an embedded broadcast on AVX-512).
+#[cfg(target_arch = "x86_64")]
+macro_rules! simd_kernel {
+    (
+        $name:ident, $t:ty, $feature:literal, $lanes:literal, mr = $mr:literal, nv = $nv:literal,
+        zero = $zero:ident, splat = $splat:ident, load = $load:ident, store = $store:ident,
+        fma = $fma:ident, mul = $mul:ident
+    ) => {
+        /// See [`Kernel::kernel`](crate::blocked::kernel::Kernel::kernel) for the contract.
+        ///
+        /// # Safety
+        /// As `Kernel::kernel`, with `MR`/`NR` this kernel's, and the CPU must have the
+        /// target features of this function.
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn $name(
+            k: usize,
+            alpha: $t,
+            a: *const $t,
+            b: *const $t,
+            beta: $t,
+            c: *mut $t,
+            rsc: isize,
+        ) {
+            const MR: usize = $mr;
+            const NV: usize = $nv;
+            const L: usize = $lanes;
+            // Start fetching the C tile now: it is touched only after the k loop, and
+            // from the second k block on it has usually left L1.
+            for i in 0..MR {
+                let row = c.wrapping_offset(i as isize * rsc).cast::<i8>();
+                _mm_prefetch::<_MM_HINT_T0>(row);
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NV * L * size_of::<$t>() - 1));
+            }
+            let mut acc = [[$zero(); NV]; MR];
+            let (mut a, mut b) = (a, b);
+            for _ in 0..k {
+                let mut bv = [$zero(); NV];
+                for (v, bv) in bv.iter_mut().enumerate() {
+                    // SAFETY: `b` points at the current row of NV·L elements, inside the
+                    // k·NR elements the caller guarantees.
+                    *bv = unsafe { $load(b.add(v * L)) };
+                }
+                for (i, acc_row) in acc.iter_mut().enumerate() {
+                    // SAFETY: `a` points at the current column of MR elements, inside
+                    // the k·MR elements the caller guarantees.
+                    let ai = $splat(unsafe { *a.add(i) });
+                    for (acc, &bv) in acc_row.iter_mut().zip(&bv) {
+                        *acc = $fma(ai, bv, *acc);
+                    }
+                }
+                // SAFETY: one step past the last row/column at most (k steps in all).
+                unsafe {
+                    a = a.add(MR);
+                    b = b.add(NV * L);
+                }
+            }
+            let alpha_v = $splat(alpha);
+            for (i, acc_row) in acc.iter().enumerate() {
+                // SAFETY: row i of the tile, valid per the caller.
+                let row = unsafe { c.offset(i as isize * rsc) };
+                for (v, &acc) in acc_row.iter().enumerate() {
+                    // SAFETY: lanes v·L .. v·L + L of row i are inside the MR × NR tile
+                    // the caller guarantees valid (and readable when beta != 0).
+                    unsafe {
+                        let p = row.add(v * L);
+                        let out = if beta == 0.0 {
+                            $mul(alpha_v, acc)
+                        } else if beta == 1.0 {
+                            $fma(alpha_v, acc, $load(p))
+                        } else {
+                            $fma(alpha_v, acc, $mul($splat(beta), $load(p)))
+                        };
+                        $store(p, out);
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use simd_kernel;

@@ -1,0 +1,224 @@
+//! Packing: the seam where an operand enters the GEMM.
+//!
+//! The driver never reads A or B itself. It asks the operand to write one block into a
+//! packed buffer, in the exact order the microkernel reads it: [`PackA`] for the left
+//! operand, [`PackB`] for the right one. [`StridedA`] and [`StridedB`] pack a strided
+//! matrix view. A convolution can instead implement [`PackB`] on its input image and
+//! write the packed panel straight from it (im2col fused into packing): no column matrix
+//! in memory, only the `KC × NC` packed block.
+//!
+//! Both traits are safe: a wrong implementation gives wrong numbers, never undefined
+//! behaviour (the driver hands them bounds-checked slices).
+
+use std::ops::Range;
+
+use crate::element::Element;
+use crate::gemm::MatRef;
+
+/// The left operand A (`rows × depth`) of `C = alpha · A · B + beta · C`.
+pub trait PackA<T> {
+    /// Rows of A (= rows of C).
+    fn rows(&self) -> usize;
+    /// Columns of A (the summed dimension `k`).
+    fn depth(&self) -> usize;
+    /// Packs `A[rows, depth]` into `dst` as panels of `mr` rows.
+    ///
+    /// With `kc = depth.len()`, `h = rows.len()`, `dst.len()` is
+    /// `h.div_ceil(mr) · mr · kc`. Panel `p` (rows `rows.start + p·mr ..`) occupies
+    /// `dst[p·mr·kc .. (p+1)·mr·kc]`, column-major inside the panel:
+    ///
+    /// `dst[p·mr·kc + kk·mr + i] = A[rows.start + p·mr + i, depth.start + kk]`
+    ///
+    /// for `i < mr`, `kk < kc`. Rows at or past `rows.end` (the last, partial panel) must
+    /// be written as **zero**: the kernel computes the whole panel and the padding must
+    /// not turn into NaN or infinity through `0 · x`.
+    fn pack_a(&self, mr: usize, rows: Range<usize>, depth: Range<usize>, dst: &mut [T]);
+}
+
+/// The right operand B (`depth × cols`) of `C = alpha · A · B + beta · C`.
+///
+/// This is where im2col fuses into the GEMM: B is the column matrix of a convolution,
+/// row `(c, r, s)` and column `(p, q)` holding `x[c, p·stride + r·dilation - pad,
+/// q·stride + s·dilation - pad]` (zero outside the image); an implementation on the image
+/// computes each packed element from that formula instead of reading a stored matrix.
+pub trait PackB<T> {
+    /// Rows of B (the summed dimension `k`).
+    fn depth(&self) -> usize;
+    /// Columns of B (= columns of C).
+    fn cols(&self) -> usize;
+    /// Packs `B[depth, cols]` into `dst` as panels of `nr` columns.
+    ///
+    /// With `kc = depth.len()`, `w = cols.len()`, `dst.len()` is
+    /// `w.div_ceil(nr) · nr · kc`. Panel `p` (columns `cols.start + p·nr ..`) occupies
+    /// `dst[p·nr·kc .. (p+1)·nr·kc]`, row-major inside the panel:
+    ///
+    /// `dst[p·nr·kc + kk·nr + j] = B[depth.start + kk, cols.start + p·nr + j]`
+    ///
+    /// for `j < nr`, `kk < kc`. Columns at or past `cols.end` (the last, partial panel)
+    /// must be written as **zero** (see [`PackA::pack_a`]). `dst` holds stale data on
+    /// entry: every element must be written.
+    fn pack_b(&self, nr: usize, depth: Range<usize>, cols: Range<usize>, dst: &mut [T]);
+}
+
+/// A strided matrix as the A operand.
+#[derive(Clone, Copy)]
+pub(crate) struct StridedA<'a, T>(pub(crate) MatRef<'a, T>);
+
+/// A strided matrix as the B operand.
+#[derive(Clone, Copy)]
+pub(crate) struct StridedB<'a, T>(pub(crate) MatRef<'a, T>);
+
+impl<T: Element> PackA<T> for StridedA<'_, T> {
+    fn rows(&self) -> usize {
+        self.0.rows
+    }
+    fn depth(&self) -> usize {
+        self.0.cols
+    }
+    fn pack_a(&self, mr: usize, rows: Range<usize>, depth: Range<usize>, dst: &mut [T]) {
+        // A panel of A is the transpose of a panel of Aᵀ viewed as B: same layout rule.
+        let at = StridedB(self.0.t());
+        at.pack_b(mr, depth, rows, dst);
+    }
+}
+
+impl<T: Element> PackB<T> for StridedB<'_, T> {
+    fn depth(&self) -> usize {
+        self.0.rows
+    }
+    fn cols(&self) -> usize {
+        self.0.cols
+    }
+    fn pack_b(&self, nr: usize, depth: Range<usize>, cols: Range<usize>, dst: &mut [T]) {
+        let kc = depth.len();
+        let panels = cols.len().div_ceil(nr);
+        assert_eq!(
+            dst.len(),
+            panels * nr * kc,
+            "pack_b: wrong destination length"
+        );
+        let m = &self.0;
+        if m.col_stride == 1 {
+            // Rows of B are contiguous: walk them once each, in order (one read stream),
+            // dealing each row's nr-wide pieces out to the panels.
+            match nr {
+                8 => deal_rows::<T, 8>(m, depth.start, cols, dst),
+                16 => deal_rows::<T, 16>(m, depth.start, cols, dst),
+                32 => deal_rows::<T, 32>(m, depth.start, cols, dst),
+                _ => {
+                    for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
+                        let j0 = cols.start + p * nr;
+                        copy_rows_dyn(m, nr, depth.start, j0, nr.min(cols.end - j0), panel);
+                    }
+                }
+            }
+            return;
+        }
+        for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
+            let j0 = cols.start + p * nr;
+            let w = nr.min(cols.end - j0);
+            if m.row_stride == 1 && w == nr {
+                // Columns are contiguous (transposed B, or a row-major A seen as Aᵀ):
+                // read the nr columns side by side, write each packed row once.
+                match nr {
+                    4 => gather_cols::<T, 4>(m, depth.start, j0, kc, panel),
+                    6 => gather_cols::<T, 6>(m, depth.start, j0, kc, panel),
+                    8 => gather_cols::<T, 8>(m, depth.start, j0, kc, panel),
+                    16 => gather_cols::<T, 16>(m, depth.start, j0, kc, panel),
+                    32 => gather_cols::<T, 32>(m, depth.start, j0, kc, panel),
+                    _ => gather_any(m, nr, depth.start, j0, w, panel),
+                }
+            } else {
+                gather_any(m, nr, depth.start, j0, w, panel);
+            }
+        }
+    }
+}
+
+/// Column-contiguous B (`row_stride == 1`), a full panel of `NR` columns: `NR` source
+/// streams read in step, one packed row written at a time.
+#[inline]
+fn gather_cols<T: Element, const NR: usize>(
+    m: &MatRef<'_, T>,
+    k0: usize,
+    j0: usize,
+    kc: usize,
+    panel: &mut [T],
+) {
+    let panel = &mut panel[..kc * NR];
+    let cols: [&[T]; NR] = std::array::from_fn(|j| &m.data[(j0 + j) * m.col_stride + k0..][..kc]);
+    for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+        let row: &mut [T; NR] = row.try_into().expect("chunks of NR");
+        for (v, col) in row.iter_mut().zip(&cols) {
+            *v = col[kk];
+        }
+    }
+}
+
+/// Any strides, any panel width: element by element down each column, zero padding.
+fn gather_any<T: Element>(
+    m: &MatRef<'_, T>,
+    nr: usize,
+    k0: usize,
+    j0: usize,
+    w: usize,
+    panel: &mut [T],
+) {
+    let kc = panel.len() / nr;
+    for j in 0..w {
+        let col = (j0 + j) * m.col_stride;
+        for kk in 0..kc {
+            panel[kk * nr + j] = m.data[(k0 + kk) * m.row_stride + col];
+        }
+    }
+    if w < nr {
+        for row in panel.chunks_exact_mut(nr) {
+            row[w..].fill(T::ZERO);
+        }
+    }
+}
+
+/// Row-major B, panel width a constant: row `kk` of B goes out as full `NR`-wide pieces
+/// (fixed-size copies) to every panel, then the zero-padded tail piece.
+#[inline]
+fn deal_rows<T: Element, const NR: usize>(
+    m: &MatRef<'_, T>,
+    k0: usize,
+    cols: Range<usize>,
+    dst: &mut [T],
+) {
+    let w = cols.len();
+    let kc = dst.len() / w.div_ceil(NR) / NR;
+    let (full, rem) = (w / NR, w % NR);
+    for kk in 0..kc {
+        let src = &m.data[(k0 + kk) * m.row_stride + cols.start..][..w];
+        let (pieces, tail) = src.split_at(full * NR);
+        for (p, piece) in pieces.chunks_exact(NR).enumerate() {
+            let piece: &[T; NR] = piece.try_into().expect("chunks of NR");
+            let out: &mut [T; NR] = (&mut dst[(p * kc + kk) * NR..][..NR])
+                .try_into()
+                .expect("NR elements");
+            *out = *piece;
+        }
+        if rem > 0 {
+            let out = &mut dst[(full * kc + kk) * NR..][..NR];
+            out[..rem].copy_from_slice(tail);
+            out[rem..].fill(T::ZERO);
+        }
+    }
+}
+
+fn copy_rows_dyn<T: Element>(
+    m: &MatRef<'_, T>,
+    nr: usize,
+    k0: usize,
+    j0: usize,
+    w: usize,
+    panel: &mut [T],
+) {
+    for (kk, row) in panel.chunks_exact_mut(nr).enumerate() {
+        let src = &m.data[(k0 + kk) * m.row_stride + j0..];
+        row[..w].copy_from_slice(&src[..w]);
+        row[w..].fill(T::ZERO);
+    }
+}
