@@ -16,6 +16,9 @@
 //! row: padding is filled by ranges, stride-1 runs are slice copies / vector adds, and
 //! there are no per-element bounds checks in the inner loop.
 
+use std::ops::Range;
+
+use crate::blocked::PackB;
 use crate::element::Element;
 use crate::shape::ConvGeometry;
 
@@ -166,34 +169,109 @@ pub(crate) fn im2col<T: Element>(
     len: usize,
     col: &mut [T],
 ) {
-    let out_w = geo.w.output;
+    let rows = planes.len() / layout.channel_len * geo.taps;
+    for (row, dst) in col[..rows * len].chunks_exact_mut(len).enumerate() {
+        fill_row(geo, layout, planes, row, pix0, dst);
+    }
+}
+
+/// Fills `dst` with row `row` (= `(c·R + r)·S + s`) of the column matrix of `planes`, for
+/// output pixels `pix0 .. pix0 + dst.len()`.
+#[inline]
+pub(crate) fn fill_row<T: Element>(
+    geo: &ConvGeometry,
+    layout: &PlaneLayout,
+    planes: &[T],
+    row: usize,
+    pix0: usize,
+    dst: &mut [T],
+) {
+    let (c, tap) = (row / geo.taps, row % geo.taps);
+    let (r, s) = (tap / geo.w.kernel, tap % geo.w.kernel);
+    let plane = &planes[c * layout.channel_len..][..layout.channel_len];
     let step = geo.w.stride / layout.phases;
-    for (c, plane) in planes.chunks_exact(layout.channel_len).enumerate() {
-        for r in 0..geo.h.kernel {
-            let (oh_lo, oh_hi) = geo.h.valid_outputs(r);
-            for s in 0..geo.w.kernel {
-                let (ow_lo, ow_hi) = geo.w.valid_outputs(s);
-                let row_index = (c * geo.h.kernel + r) * geo.w.kernel + s;
-                let dst = &mut col[row_index * len..][..len];
-                for run in runs(out_w, pix0, len) {
-                    let seg = &mut dst[run.dst_offset..][..run.ow1 - run.ow0];
-                    if run.oh < oh_lo || run.oh >= oh_hi {
-                        seg.fill(T::ZERO);
-                        continue;
-                    }
-                    let a = ow_lo.clamp(run.ow0, run.ow1);
-                    let b = ow_hi.clamp(a, run.ow1);
-                    let (head, rest) = seg.split_at_mut(a - run.ow0);
-                    let (mid, tail) = rest.split_at_mut(b - a);
-                    head.fill(T::ZERO);
-                    tail.fill(T::ZERO);
-                    if mid.is_empty() {
-                        continue;
-                    }
-                    let ih = geo.h.input_index(run.oh, r);
-                    let iw0 = geo.w.input_index(a, s);
-                    gather(mid, &plane[layout.offset(geo, ih, iw0)..], step);
+    let (oh_lo, oh_hi) = geo.h.valid_outputs(r);
+    let (ow_lo, ow_hi) = geo.w.valid_outputs(s);
+    for run in runs(geo.w.output, pix0, dst.len()) {
+        let seg = &mut dst[run.dst_offset..][..run.ow1 - run.ow0];
+        if run.oh < oh_lo || run.oh >= oh_hi {
+            seg.fill(T::ZERO);
+            continue;
+        }
+        let a = ow_lo.clamp(run.ow0, run.ow1);
+        let b = ow_hi.clamp(a, run.ow1);
+        let (head, rest) = seg.split_at_mut(a - run.ow0);
+        let (mid, tail) = rest.split_at_mut(b - a);
+        head.fill(T::ZERO);
+        tail.fill(T::ZERO);
+        if mid.is_empty() {
+            continue;
+        }
+        let ih = geo.h.input_index(run.oh, r);
+        let iw0 = geo.w.input_index(a, s);
+        gather(mid, &plane[layout.offset(geo, ih, iw0)..], step);
+    }
+}
+
+/// The column matrix of one group's input planes over output pixels `pix0 .. pix0 + len`,
+/// as the B operand of the blocked GEMM: its panels are packed straight from the image
+/// (im2col fused into packing), so no column matrix exists in memory.
+pub(crate) struct Im2colB<'a, T> {
+    pub geo: &'a ConvGeometry,
+    pub layout: &'a PlaneLayout,
+    /// The group's channels, in `layout`.
+    pub planes: &'a [T],
+    pub pix0: usize,
+    pub len: usize,
+}
+
+impl<T: Element> PackB<T> for Im2colB<'_, T> {
+    fn depth(&self) -> usize {
+        self.planes.len() / self.layout.channel_len * self.geo.taps
+    }
+
+    fn cols(&self) -> usize {
+        self.len
+    }
+
+    /// Each B row is built in short chunks on the stack (one im2col row segment) and dealt
+    /// out to the `nr`-wide panels, padding the last panel with zeros.
+    fn pack_b(&self, nr: usize, depth: Range<usize>, cols: Range<usize>, dst: &mut [T]) {
+        const CHUNK: usize = 256;
+        let kc = depth.len();
+        let panels = cols.len().div_ceil(nr);
+        assert_eq!(
+            dst.len(),
+            panels * nr * kc,
+            "pack_b: wrong destination length"
+        );
+        let mut buf = [T::ZERO; CHUNK];
+        for (kk, row) in depth.enumerate() {
+            let mut j = cols.start;
+            while j < cols.end {
+                let w = CHUNK.min(cols.end - j);
+                fill_row(
+                    self.geo,
+                    self.layout,
+                    self.planes,
+                    row,
+                    self.pix0 + j,
+                    &mut buf[..w],
+                );
+                // Deal buf[0..w] (columns j..j + w) out to the panels.
+                let mut done = 0;
+                while done < w {
+                    let col = j + done - cols.start;
+                    let (p, at) = (col / nr, col % nr);
+                    let n = (nr - at).min(w - done);
+                    dst[(p * kc + kk) * nr + at..][..n].copy_from_slice(&buf[done..done + n]);
+                    done += n;
                 }
+                j += w;
+            }
+            let tail = cols.len() % nr;
+            if tail != 0 {
+                dst[((panels - 1) * kc + kk) * nr + tail..][..nr - tail].fill(T::ZERO);
             }
         }
     }

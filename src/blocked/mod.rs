@@ -128,7 +128,7 @@ pub(crate) fn gemm_on<T: Element>(
 ///
 /// Panics if `a.rows() != c.rows`, `a.depth() != b.depth()`, `b.cols() != c.cols` or C
 /// addresses elements outside its slice.
-#[allow(dead_code)] // the fused-packing entry for the passes (integration pending)
+
 pub(crate) fn gemm_packed<T: Element>(
     alpha: T,
     a: &impl PackA<T>,

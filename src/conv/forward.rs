@@ -1,7 +1,10 @@
 //! Forward pass: `y[n, g] = f(W_g · im2col(x[n, g]) + b)`.
 //!
-//! Per image, per pixel tile, per group: im2col fills a bounded column tile
-//! (`(C/groups)·R·S × len`), one GEMM writes the `K/groups × len` block of `y` in place
+//! Per image, per pixel tile, per group: one GEMM writes the `K/groups × len` block of `y`
+//! in place. Its B operand, the column matrix (`(C/groups)·R·S × len`), is packed straight
+//! from the image into the GEMM's panels ([`Im2colB`]) when the crate's blocked GEMM is
+//! the engine; with matrixmultiply (baseline path) im2col first fills a bounded column
+//! tile. The GEMM
 //! (row stride `P·Q`), and the bias and activation are applied while that block is still
 //! in cache. A pointwise layer (1×1, stride 1, no padding) skips im2col: the input planes
 //! are the column matrix. Strided layers first split each image into column phases
@@ -12,9 +15,10 @@
 //! output channels, whose rows of `y` are disjoint.
 
 use crate::activation::{Activation, apply_in_place};
+use crate::blocked::{StridedA, gemm_packed};
 use crate::element::Element;
-use crate::gemm::{MatMut, MatRef, gemm};
-use crate::im2col::{PlaneLayout, im2col, split_phases};
+use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
+use crate::im2col::{Im2colB, PlaneLayout, im2col, split_phases};
 use crate::parallel::*;
 use crate::scratch::take;
 use crate::shape::ConvGeometry;
@@ -34,10 +38,18 @@ fn tile_for(geo: &ConvGeometry, elem_size: usize) -> usize {
     tile_len(geo.col_rows, elem_size, geo.out_plane, 1)
 }
 
+/// Whether a batched forward packs the GEMM's B panels straight from the image
+/// ([`Im2colB`]) instead of building a column tile: whenever the crate's blocked GEMM is
+/// the engine and the layer needs im2col. (A single image keeps its column tile: its
+/// output-channel blocks share it, where fused packing would redo im2col per block.)
+fn fused(geo: &ConvGeometry) -> bool {
+    use_blocked() && !geo.is_pointwise() && geo.batch > 1
+}
+
 /// Elements of the column buffer a task uses (per image for `N ≥ 2`, per call for a single
-/// image).
+/// image; none when im2col is fused into the GEMM's packing).
 pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
-    if geo.is_pointwise() {
+    if geo.is_pointwise() || fused(geo) {
         0
     } else {
         geo.col_rows * tile_for(geo, elem_size)
@@ -82,9 +94,22 @@ pub(crate) fn forward<T: Element>(
                     split_phases(geo, &layout, x_n, phased);
                     phased
                 };
+                let cg = geo.channels_per_group;
                 for (pix0, len) in tiles(geo.out_plane, tile) {
                     for g in 0..geo.groups {
-                        let b = column_tile(geo, &layout, planes, g, pix0, len, col);
+                        let b = if fused(geo) {
+                            let x_g =
+                                &planes[g * cg * layout.channel_len..][..cg * layout.channel_len];
+                            Columns::Fused(Im2colB {
+                                geo,
+                                layout: &layout,
+                                planes: x_g,
+                                pix0,
+                                len,
+                            })
+                        } else {
+                            Columns::Matrix(column_tile(geo, &layout, planes, g, pix0, len, col))
+                        };
                         let rows = geo.filters_per_group;
                         let y_g = &mut y_n[g * rows * geo.out_plane..][..rows * geo.out_plane];
                         gemm_rows(geo, w, b, bias, act, g * rows, rows, y_g, pix0, len);
@@ -145,7 +170,7 @@ fn forward_single_image<T: Element>(
                     gemm_rows(
                         geo,
                         w,
-                        b,
+                        Columns::Matrix(b),
                         bias,
                         act,
                         g * kg + i * filter_block,
@@ -183,6 +208,13 @@ fn column_tile<'a, T: Element>(
     }
 }
 
+/// The B operand of a forward GEMM: a column matrix in memory (or the input itself, for
+/// pointwise layers), or the image packed straight into the GEMM's panels.
+enum Columns<'a, T> {
+    Matrix(MatRef<'a, T>),
+    Fused(Im2colB<'a, T>),
+}
+
 /// `y_rows[:, pix0..pix0 + len] = f(W[k0..k0 + rows] · b + bias)`, where `y_rows` holds
 /// output channels `k0 .. k0 + rows` of one image (row stride `P·Q`), then the epilogue:
 /// bias and activation on each row while it is in cache.
@@ -190,7 +222,7 @@ fn column_tile<'a, T: Element>(
 fn gemm_rows<T: Element>(
     geo: &ConvGeometry,
     w: &[T],
-    b: MatRef<'_, T>,
+    b: Columns<'_, T>,
     bias: Option<&[T]>,
     act: Activation,
     k0: usize,
@@ -207,13 +239,11 @@ fn gemm_rows<T: Element>(
         col_rows,
     );
     let out = &mut y_rows[pix0..];
-    gemm(
-        T::ONE,
-        a,
-        b,
-        T::ZERO,
-        MatMut::row_major(&mut *out, rows, len, geo.out_plane),
-    );
+    let c = MatMut::row_major(&mut *out, rows, len, geo.out_plane);
+    match b {
+        Columns::Matrix(b) => gemm(T::ONE, a, b, T::ZERO, c),
+        Columns::Fused(b) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
+    }
     if bias.is_some() || act != Activation::Identity {
         for k in 0..rows {
             let row = &mut out[k * geo.out_plane..][..len];
