@@ -128,7 +128,6 @@ pub(crate) fn gemm_on<T: Element>(
 ///
 /// Panics if `a.rows() != c.rows`, `a.depth() != b.depth()`, `b.cols() != c.cols` or C
 /// addresses elements outside its slice.
-
 pub(crate) fn gemm_packed<T: Element>(
     alpha: T,
     a: &impl PackA<T>,
