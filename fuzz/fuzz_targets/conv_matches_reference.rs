@@ -38,7 +38,7 @@ static ALLOC: GuardedAlloc = GuardedAlloc;
 /// Valid specs whose naive reference would take more multiply-adds than this per pass are
 /// skipped, to keep executions fast (the shapes stay as varied: this only trims the
 /// largest planes of big mode).
-const MAX_WORK: usize = 1 << 21;
+const MAX_WORK: usize = 1 << 19;
 
 struct Case {
     spec: Conv2dSpec,

@@ -65,6 +65,9 @@ conv_case("pointwise_stride2", 2, 1, 4, 3, (7, 8), (1, 1), s=(2, 2))
 conv_case("kernel_equals_padded_input", 2, 1, 3, 4, (5, 4), (5, 5), p=(0, 1))
 conv_case("multi_tile_n1_big", 1, 1, 4, 4, (40, 40), (3, 3), p=(1, 1), big=True)
 conv_case("multi_tile_n3_big", 3, 1, 4, 2, (30, 28), (5, 5), p=(2, 2), big=True)
+# Column matrix over the 1 MiB tile budget even for several images: tiles cut by bytes.
+conv_case("budget_limited_tiles_big", 2, 1, 4, 1, (48, 48), (5, 5), p=(2, 2), raw=True,
+          big=True)
 conv_case("wide_magnitudes", 2, 1, 4, 3, (8, 8), (3, 3), p=(1, 1), mode=WIDE)
 conv_case("sparse", 2, 1, 4, 3, (8, 8), (3, 3), p=(1, 1), mode=SPARSE)
 conv_case("no_bias", 2, 1, 3, 3, (6, 6), (3, 3), p=(1, 1), bias=False)
