@@ -7,7 +7,16 @@
 
 use crate::element::Element;
 use crate::error::ConvError;
-use crate::shape::{Conv2dSpec, ConvGeometry};
+use crate::shape::{Axis, Conv2dSpec, ConvGeometry};
+
+/// The input index that output position `o` reads at kernel tap `t` along `axis`, or
+/// `None` where it falls into the padding. In `usize`: `o·stride + t·dilation` is below the
+/// padded input size, which fits, while a cast to `isize` would not for strides or
+/// paddings above `isize::MAX / 2`.
+fn unpadded(axis: &Axis, o: usize, t: usize) -> Option<usize> {
+    let padded = o * axis.stride + t * axis.dilation;
+    padded.checked_sub(axis.padding).filter(|&i| i < axis.input)
+}
 
 /// Calls `f(n, k, oh, ow, c, r, s, x_index)` for every (output pixel, tap) pair whose input
 /// index lies inside the image (taps that land in the padding contribute zero).
@@ -22,21 +31,17 @@ fn for_each_tap(geo: &ConvGeometry, mut f: impl FnMut([usize; 4], usize, usize, 
                         ((n * geo.out_channels + k) * geo.h.output + oh) * geo.w.output + ow;
                     for c in 0..cg {
                         for r in 0..geo.h.kernel {
-                            let ih = (oh * geo.h.stride + r * geo.h.dilation) as isize
-                                - geo.h.padding as isize;
-                            if ih < 0 || ih as usize >= geo.h.input {
+                            let Some(ih) = unpadded(&geo.h, oh, r) else {
                                 continue;
-                            }
+                            };
                             for s in 0..geo.w.kernel {
-                                let iw = (ow * geo.w.stride + s * geo.w.dilation) as isize
-                                    - geo.w.padding as isize;
-                                if iw < 0 || iw as usize >= geo.w.input {
+                                let Some(iw) = unpadded(&geo.w, ow, s) else {
                                     continue;
-                                }
+                                };
                                 let x_index = ((n * geo.in_channels + g * cg + c) * geo.h.input
-                                    + ih as usize)
+                                    + ih)
                                     * geo.w.input
-                                    + iw as usize;
+                                    + iw;
                                 let w_index = ((k * cg + c) * geo.h.kernel + r) * geo.w.kernel + s;
                                 f([n, k, oh, ow], y_index, x_index, w_index);
                             }

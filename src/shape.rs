@@ -4,10 +4,12 @@
 //! Validation happens once, when a plan is built. It rejects zero sizes, groups that do
 //! not divide the channels, kernels that do not fit the padded input, and any size whose
 //! product overflows `usize` or whose buffer could not exist (more than `isize::MAX`
-//! bytes for the widest element type, `f64`). After it, every index the passes compute is
-//! known to be in range, so the kernels can use plain `usize` arithmetic.
+//! bytes for the widest element type, `f64`), the passes' scratch buffers included. After
+//! it, every index the passes compute is known to be in range, so the kernels can use
+//! plain `usize` arithmetic.
 
 use crate::error::ConvError;
+use crate::tiling::{MIN_TILE_PIXELS, PARTIALS_BOUND_FACTOR};
 
 /// The shape of a 2-D convolution, with PyTorch's `conv2d` semantics
 /// (cross-correlation, symmetric zero padding, stride, dilation, groups).
@@ -278,6 +280,23 @@ impl ConvGeometry {
         )?;
         // Each factor below divides one of the products checked above, so none overflows.
         let taps = spec.kernel[0] * spec.kernel[1];
+        // The scratch a pass allocates must be addressable too, so that
+        // `Conv2d::workspace` can report it in bytes: column tiles of at least
+        // MIN_TILE_PIXELS columns, and the weight-gradient partial sums.
+        checked_product(
+            "column tile",
+            &[
+                ("C/groups × R × S", channels_per_group * taps),
+                ("pixels", MIN_TILE_PIXELS),
+            ],
+        )?;
+        checked_product(
+            "weight-gradient partial sums",
+            &[
+                ("partials bound", PARTIALS_BOUND_FACTOR),
+                ("K·(C/groups)·R·S + K", w_len + spec.out_channels),
+            ],
+        )?;
         Ok(ConvGeometry {
             batch: spec.batch,
             in_channels: spec.in_channels,

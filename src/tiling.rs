@@ -19,6 +19,13 @@ pub(crate) const COL_TILE_BYTES: usize = 1 << 20;
 /// register row of the f32 GEMM microkernel is 16 wide, and narrower tiles waste it.
 pub(crate) const MIN_TILE_PIXELS: usize = 16;
 
+/// An upper bound on one call's weight-gradient partial sums, as a multiple of
+/// `K·(C/groups)·R·S + K` (the size of `dw` plus `db`): at most 4 image chunks, each
+/// holding at most `2·|dw| + 8·K` elements (channel blocks are padded to equal size, at
+/// most 8 of them carry a `db` slot). Validation checks this bound fits in memory, so the
+/// byte counts of `Conv2d::workspace` cannot overflow.
+pub(crate) const PARTIALS_BOUND_FACTOR: usize = 32;
+
 /// Pixels per tile for a column matrix with `rows` rows of `elem_size`-byte elements over
 /// a plane of `total` pixels, split into at least `min_tiles` tiles where the plane allows
 /// it. Tiles are balanced: all but the last have the returned length.

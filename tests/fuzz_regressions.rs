@@ -1,0 +1,104 @@
+//! Shapes the fuzzers (`fuzz/`) found wrong, kept as regression tests. Each test says
+//! which target found it and what went wrong.
+
+use convgemm::{Conv2d, Conv2dSpec, ConvError, Pass, reference};
+
+/// conv_never_panics: a stride above `isize::MAX` with a padding near 2^62 gives a valid
+/// 2-row output, but the reference computed the input row as
+/// `(oh·stride + r·dilation) as isize − padding as isize`, which overflows `isize` for
+/// `oh = 1` (a panic in debug builds, the fuzz build included). The row index is now
+/// computed in `usize`, comparing with the padding first.
+#[test]
+fn reference_huge_stride_and_padding() {
+    let spec = Conv2dSpec {
+        batch: 1,
+        in_channels: 1,
+        in_h: 1,
+        in_w: 1,
+        out_channels: 1,
+        kernel: [1, 1],
+        stride: [1 << 63, 1],
+        padding: [1 << 62, 0],
+        ..Default::default()
+    };
+    let conv = Conv2d::new(spec).unwrap();
+    assert_eq!(conv.output_dims(), [1, 1, 2, 1]);
+    let (x, w) = ([3.0f64], [2.0f64]);
+    let (mut y, mut y_ref) = ([f64::NAN; 2], [f64::NAN; 2]);
+    conv.forward(&x, &w, None, &mut y).unwrap();
+    reference::conv2d_forward(&spec, &x, &w, None, &mut y_ref).unwrap();
+    // Both output rows read only padding.
+    assert_eq!(y, [0.0, 0.0]);
+    assert_eq!(y_ref, [0.0, 0.0]);
+    let mut dx_ref = [f64::NAN];
+    reference::conv2d_backward_data(&spec, &[1.0, 1.0], &w, &mut dx_ref).unwrap();
+    assert_eq!(dx_ref, [0.0]);
+    let mut dw_ref = [f64::NAN];
+    reference::conv2d_backward_weights(&spec, &x, &[1.0, 1.0], &mut dw_ref, None).unwrap();
+    assert_eq!(dw_ref, [0.0]);
+}
+
+/// conv_never_panics: `Conv2d::workspace` multiplies the column-tile and partial-sum
+/// element counts by the element size; for a valid plan with weights near the
+/// `isize::MAX`-bytes limit (`C = 2^60 − 1`, a 1×1 kernel, padding 3, so 4 pixel tiles)
+/// that overflowed `usize` (a panic in debug builds, a wrong size in release). Validation
+/// now also requires the passes' scratch (16-pixel column tiles, 8 weight-sized partial
+/// sums) to fit in `isize::MAX` bytes, so such plans are `TooLarge` and every plan that
+/// passes has a workspace that can be counted in bytes.
+#[test]
+fn workspace_of_the_largest_plans() {
+    let edges = [
+        (1usize << 60) - 1,
+        1 << 57,
+        (1 << 57) - 1,
+        1 << 56,
+        (1 << 56) - 1,
+        (1 << 56) - 2,
+        1 << 55,
+        (1 << 53) + 1,
+    ];
+    let mut valid = 0;
+    for &c in &edges {
+        for &k in &[1usize, 2, 7, 1 << 20] {
+            for &(batch, pad) in &[(1, 3), (2, 3), (8, 0), (1, 0)] {
+                let spec = Conv2dSpec {
+                    batch,
+                    in_channels: c,
+                    in_h: 1,
+                    in_w: 1,
+                    out_channels: k,
+                    kernel: [1, 1],
+                    padding: [pad, pad],
+                    ..Default::default()
+                };
+                let conv = match Conv2d::new(spec) {
+                    Ok(conv) => conv,
+                    Err(ConvError::TooLarge { .. }) => continue,
+                    Err(e) => panic!("{spec:?}: unexpected {e}"),
+                };
+                valid += 1;
+                for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardWeights] {
+                    let ws = conv.workspace::<f64>(pass);
+                    assert!(ws.column_bytes_per_task <= isize::MAX as usize, "{spec:?}");
+                    assert!(ws.partial_bytes <= isize::MAX as usize, "{spec:?}");
+                    let _ = conv.workspace::<f32>(pass);
+                }
+            }
+        }
+    }
+    assert!(valid > 0);
+    // The first edge: valid before the scratch check, now rejected with a message that
+    // names the scratch.
+    let err = Conv2d::new(Conv2dSpec {
+        batch: 1,
+        in_channels: (1 << 60) - 1,
+        in_h: 1,
+        in_w: 1,
+        out_channels: 1,
+        kernel: [1, 1],
+        padding: [3, 3],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().starts_with("column tile: "), "{err}");
+}
