@@ -37,6 +37,16 @@ fn unit_stride(geo: &ConvGeometry) -> bool {
     geo.h.stride == 1 && geo.w.stride == 1
 }
 
+/// Whether the direct kernels suit this layer's padding. They copy each plane into a
+/// zero-padded buffer; a padding far beyond the kernel (legal: only the kernel must fit)
+/// would make that buffer much larger than the data, so such layers take the GEMM path,
+/// which never materializes the padding. The bound allows 4× the input and output planes.
+pub(crate) fn padding_is_moderate(geo: &ConvGeometry) -> bool {
+    let (hp, wp) = padded_dims(geo);
+    let limit = 4 * (geo.in_plane + geo.out_plane) + 1024;
+    hp.checked_mul(wp).is_some_and(|padded| padded <= limit)
+}
+
 /// Size of the zero-padded input plane: `(H + 2·pad_h) × (W + 2·pad_w)`.
 fn padded_dims(geo: &ConvGeometry) -> (usize, usize) {
     (

@@ -58,12 +58,16 @@ fn runs(out_w: usize, pix0: usize, len: usize) -> impl Iterator<Item = Run> {
 ///
 /// `Dense` is the caller's layout: each channel an `H × W` plane. For strided layers a
 /// window run steps `stride_w` apart in such a row, a slow gather. `Phased` stores each
-/// channel as `stride_w` sub-planes of the columns `iw ≡ phase (mod stride_w)`: there the
-/// same run is contiguous, so im2col copies and col2im adds whole slices. Splitting an
-/// image once costs one pass over it; every tap of every window then reads contiguously.
+/// channel as sub-planes of the columns `iw ≡ phase (mod stride_w)`: there the same run
+/// is contiguous, so im2col copies and col2im adds whole slices. Splitting an image once
+/// costs one pass over it; every tap of every window then reads contiguously. Only the
+/// `min(stride_w, W)` phases that hold a column are stored, so a channel takes fewer than
+/// `2·H·W` elements whatever the stride.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PlaneLayout {
-    /// Column phases per channel: 1 (dense) or `stride_w`.
+    /// Column `iw` lives in phase `iw % modulus`: 1 (dense) or `stride_w`.
+    modulus: usize,
+    /// Stored phases per channel: `min(modulus, W)`.
     phases: usize,
     /// Stored row length: `W` (dense) or `ceil(W / stride_w)`.
     row_len: usize,
@@ -75,6 +79,7 @@ impl PlaneLayout {
     /// The caller's `H × W` planes.
     pub(crate) fn dense(geo: &ConvGeometry) -> PlaneLayout {
         PlaneLayout {
+            modulus: 1,
             phases: 1,
             row_len: geo.w.input,
             channel_len: geo.in_plane,
@@ -85,9 +90,12 @@ impl PlaneLayout {
     /// column and overlap (`stride_w > 1` and more than one tap), dense otherwise.
     pub(crate) fn for_lowering(geo: &ConvGeometry) -> PlaneLayout {
         if geo.w.stride > 1 && geo.taps > 1 {
-            let phases = geo.w.stride;
-            let row_len = geo.w.input.div_ceil(phases);
+            let modulus = geo.w.stride;
+            let phases = modulus.min(geo.w.input);
+            let row_len = geo.w.input.div_ceil(modulus);
+            // phases · row_len < 2·W, and H·W fits (validated x size): no overflow.
             PlaneLayout {
+                modulus,
                 phases,
                 row_len,
                 channel_len: phases * geo.h.input * row_len,
@@ -98,13 +106,13 @@ impl PlaneLayout {
     }
 
     pub(crate) fn is_dense(&self) -> bool {
-        self.phases == 1
+        self.modulus == 1
     }
 
     /// Offset of input element `(ih, iw)` within one channel.
     #[inline]
     fn offset(&self, geo: &ConvGeometry, ih: usize, iw: usize) -> usize {
-        (iw % self.phases) * geo.h.input * self.row_len + ih * self.row_len + iw / self.phases
+        (iw % self.modulus) * geo.h.input * self.row_len + ih * self.row_len + iw / self.modulus
     }
 }
 
@@ -120,11 +128,11 @@ pub(crate) fn split_phases<T: Element>(
         .chunks_exact(geo.in_plane)
         .zip(out.chunks_exact_mut(layout.channel_len))
     {
-        for phase in 0..layout.phases.min(w) {
+        for phase in 0..layout.phases {
             for ih in 0..h {
                 let row = &plane[ih * w + phase..(ih + 1) * w];
                 let to = &mut dst[layout.offset(geo, ih, phase)..][..layout.row_len];
-                for (d, s) in to.iter_mut().zip(row.iter().step_by(layout.phases)) {
+                for (d, s) in to.iter_mut().zip(row.iter().step_by(layout.modulus)) {
                     *d = *s;
                 }
             }
@@ -144,11 +152,11 @@ pub(crate) fn merge_phases<T: Element>(
         .chunks_exact(layout.channel_len)
         .zip(dense.chunks_exact_mut(geo.in_plane))
     {
-        for phase in 0..layout.phases.min(w) {
+        for phase in 0..layout.phases {
             for ih in 0..h {
                 let from = &src[layout.offset(geo, ih, phase)..][..layout.row_len];
                 let row = &mut plane[ih * w + phase..(ih + 1) * w];
-                for (d, s) in row.iter_mut().step_by(layout.phases).zip(from) {
+                for (d, s) in row.iter_mut().step_by(layout.modulus).zip(from) {
                     *d = *s;
                 }
             }
@@ -189,7 +197,7 @@ pub(crate) fn fill_row<T: Element>(
     let (c, tap) = (row / geo.taps, row % geo.taps);
     let (r, s) = (tap / geo.w.kernel, tap % geo.w.kernel);
     let plane = &planes[c * layout.channel_len..][..layout.channel_len];
-    let step = geo.w.stride / layout.phases;
+    let step = geo.w.stride / layout.modulus;
     let (oh_lo, oh_hi) = geo.h.valid_outputs(r);
     let (ow_lo, ow_hi) = geo.w.valid_outputs(s);
     for run in runs(geo.w.output, pix0, dst.len()) {
@@ -292,7 +300,7 @@ pub(crate) fn col2im<T: Element>(
     planes: &mut [T],
 ) {
     let out_w = geo.w.output;
-    let step = geo.w.stride / layout.phases;
+    let step = geo.w.stride / layout.modulus;
     for (c, plane) in planes.chunks_exact_mut(layout.channel_len).enumerate() {
         for r in 0..geo.h.kernel {
             let (oh_lo, oh_hi) = geo.h.valid_outputs(r);

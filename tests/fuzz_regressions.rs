@@ -102,3 +102,73 @@ fn workspace_of_the_largest_plans() {
     .unwrap_err();
     assert!(err.to_string().starts_with("column tile: "), "{err}");
 }
+
+/// Found by `conv_never_panics` in CI on the phase-split lowering: a stride far larger than
+/// the input width made the phased planes `stride_w × H × 1` long (overflowing `usize`
+/// near 2^63; wasting memory long before). Only the phases that hold a column are stored.
+#[test]
+fn huge_width_stride_with_phase_split() {
+    for stride in [7usize, 1 << 20, 1 << 62] {
+        let spec = Conv2dSpec {
+            batch: 2,
+            in_channels: 3,
+            in_h: 5,
+            in_w: 5,
+            out_channels: 2,
+            kernel: [3, 3],
+            stride: [1, stride],
+            padding: [1, 1],
+            ..Default::default()
+        };
+        check_all_passes(spec);
+    }
+}
+
+/// A depthwise layer whose padding dwarfs its planes (legal: only the kernel must fit)
+/// must not materialize a padded plane of that size: it takes the GEMM path, and every
+/// pass still matches the reference.
+#[test]
+fn depthwise_with_padding_far_beyond_the_kernel() {
+    for (padding, stride) in [(40usize, 40usize), (1 << 20, 1 << 21), (1 << 40, 1 << 41)] {
+        let spec = Conv2dSpec {
+            batch: 2,
+            in_channels: 4,
+            in_h: 4,
+            in_w: 3,
+            out_channels: 4,
+            kernel: [3, 3],
+            stride: [stride, stride],
+            padding: [padding, padding],
+            groups: 4,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(spec).unwrap();
+        let ws = conv.workspace::<f64>(convgemm::Pass::Forward);
+        assert!(ws.column_bytes_per_task < 1 << 20, "{padding}: {ws:?}");
+        check_all_passes(spec);
+    }
+}
+
+/// All three passes of `spec` against the reference on small-integer data (exact).
+fn check_all_passes(spec: Conv2dSpec) {
+    let conv = Conv2d::new(spec).unwrap();
+    let [n, c, h, w] = conv.input_dims();
+    let [_, k, p, q] = conv.output_dims();
+    let x: Vec<f64> = (0..n * c * h * w).map(|i| (i % 5) as f64 - 2.0).collect();
+    let wt: Vec<f64> = (0..conv.weight_dims().iter().product())
+        .map(|i| (i % 3) as f64 - 1.0)
+        .collect();
+    let dy: Vec<f64> = (0..n * k * p * q).map(|i| (i % 7) as f64 - 3.0).collect();
+    let (mut y, mut y_ref) = (vec![0.0; dy.len()], vec![0.0; dy.len()]);
+    conv.forward(&x, &wt, None, &mut y).unwrap();
+    reference::conv2d_forward(&spec, &x, &wt, None, &mut y_ref).unwrap();
+    assert_eq!(y, y_ref, "{spec:?} forward");
+    let (mut dx, mut dx_ref) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    conv.backward_data(&dy, &wt, &mut dx).unwrap();
+    reference::conv2d_backward_data(&spec, &dy, &wt, &mut dx_ref).unwrap();
+    assert_eq!(dx, dx_ref, "{spec:?} backward_data");
+    let (mut dw, mut dw_ref) = (vec![0.0; wt.len()], vec![0.0; wt.len()]);
+    conv.backward_weights(&x, &dy, &mut dw, None).unwrap();
+    reference::conv2d_backward_weights(&spec, &x, &dy, &mut dw_ref, None).unwrap();
+    assert_eq!(dw, dw_ref, "{spec:?} backward_weights");
+}

@@ -81,11 +81,12 @@ enum Algorithm {
 
 impl Algorithm {
     /// Depthwise layers (one input channel per group, several groups) go direct: their
-    /// GEMMs would have a single row per group and nothing to block. Everything else,
+    /// GEMMs would have a single row per group and nothing to block; unless their padding
+    /// is far larger than the planes ([`depthwise::padding_is_moderate`]). Everything else,
     /// including `groups = 1` layers with one input channel, is a GEMM with at least `K`
     /// rows.
     fn choose(geo: &ConvGeometry) -> Algorithm {
-        if geo.channels_per_group == 1 && geo.groups > 1 {
+        if geo.channels_per_group == 1 && geo.groups > 1 && depthwise::padding_is_moderate(geo) {
             Algorithm::Depthwise
         } else {
             Algorithm::Gemm
