@@ -12,7 +12,8 @@
 #   THREADS="1 2"           thread counts
 #   PY=/opt/peers-venv/bin/python   the peers' Python (see ../shared/peers/README.md)
 #   PEERS_DIR=../shared/peers
-#   PEAK=534                peak GFLOP/s of all cores, for the % of peak (empty: none)
+#   PEAK=232                peak GFLOP/s of all cores, for the % of peak (empty: none);
+#                           232 is this 2-core Zen 4 (examples/fma_peak.rs: 116 per core)
 #   MAX_WAIT=20             seconds to wait for a quiet machine before each measurement
 #                           (both sides; 0 for a quick smoke run)
 # Nothing else should run meanwhile (2 cores); the script takes /tmp/bench.lock so that
@@ -25,7 +26,7 @@ peers_dir=${PEERS_DIR:-../shared/peers}
 py=${PY:-/opt/peers-venv/bin/python}
 peers=${PEERS:-torch}
 threads=${THREADS:-1 2}
-peak=${PEAK-534}
+peak=${PEAK-232}
 max_wait=${MAX_WAIT:-20}
 layers_arg=()
 if [ -n "${LAYERS:-}" ]; then layers_arg=(--layers "$LAYERS"); fi
