@@ -41,10 +41,22 @@ fn unit_stride(geo: &ConvGeometry) -> bool {
 /// zero-padded buffer; a padding far beyond the kernel (legal: only the kernel must fit)
 /// would make that buffer much larger than the data, so such layers take the GEMM path,
 /// which never materializes the padding. The bound allows 4× the input and output planes.
+///
+/// The scratch of any pass ([`scratch_len`]) is at most 7 padded planes; it must also be
+/// addressable in bytes (`f64`), so [`Conv2d::workspace`](crate::Conv2d::workspace) cannot
+/// overflow even for valid plans with astronomically large planes.
 pub(crate) fn padding_is_moderate(geo: &ConvGeometry) -> bool {
     let (hp, wp) = padded_dims(geo);
-    let limit = 4 * (geo.in_plane + geo.out_plane) + 1024;
-    hp.checked_mul(wp).is_some_and(|padded| padded <= limit)
+    let limit = (geo.in_plane + geo.out_plane)
+        .saturating_mul(4)
+        .saturating_add(1024);
+    let addressable = |padded: usize| {
+        padded
+            .checked_mul(7 * size_of::<f64>())
+            .is_some_and(|bytes| bytes <= isize::MAX as usize)
+    };
+    hp.checked_mul(wp)
+        .is_some_and(|padded| padded <= limit && addressable(padded))
 }
 
 /// Size of the zero-padded input plane: `(H + 2·pad_h) × (W + 2·pad_w)`.

@@ -172,3 +172,37 @@ fn check_all_passes(spec: Conv2dSpec) {
     reference::conv2d_backward_weights(&spec, &x, &dy, &mut dw_ref, None).unwrap();
     assert_eq!(dw, dw_ref, "{spec:?} backward_weights");
 }
+
+/// Found by `conv_never_panics` on main: a valid depthwise plan with a huge padding (a
+/// 2.6·10¹⁷-row output) passed the padded-plane bound relative to the planes, but the
+/// bytes of its padded scratch overflowed `usize` in `Conv2d::workspace`. Such plans now
+/// take the GEMM path, whose scratch is bounded by validation. (The overflow panics in
+/// debug builds and the fuzz build; `cargo test` without `--release` catches a regression,
+/// and the reported sizes must stay sane in any build.)
+#[test]
+fn depthwise_workspace_of_astronomical_planes() {
+    let spec = Conv2dSpec {
+        batch: 1,
+        in_channels: 2,
+        in_h: 1,
+        in_w: 2,
+        out_channels: 2,
+        kernel: [3, 2],
+        stride: [1, 3],
+        padding: [128102389400760776, 2],
+        dilation: [2, 2],
+        groups: 2,
+    };
+    let conv = Conv2d::new(spec).unwrap();
+    for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardWeights] {
+        let (w64, w32) = (conv.workspace::<f64>(pass), conv.workspace::<f32>(pass));
+        assert!(
+            w64.column_bytes_per_task <= isize::MAX as usize,
+            "{pass:?}: {w64:?}"
+        );
+        assert!(
+            w32.column_bytes_per_task <= w64.column_bytes_per_task,
+            "{pass:?}: {w32:?} vs {w64:?}"
+        );
+    }
+}

@@ -157,7 +157,7 @@ impl Conv2d {
         let elem = size_of::<T>();
         if self.algorithm == Algorithm::Depthwise {
             return Workspace {
-                column_bytes_per_task: depthwise::scratch_len(&self.geo, pass) * elem,
+                column_bytes_per_task: depthwise::scratch_len(&self.geo, pass).saturating_mul(elem),
                 partial_bytes: 0,
             };
         }
@@ -178,8 +178,9 @@ impl Conv2d {
             ),
         };
         Workspace {
-            column_bytes_per_task: col * elem,
-            partial_bytes: partials * elem,
+            // Validation bounds both products; saturating keeps that a local fact.
+            column_bytes_per_task: col.saturating_mul(elem),
+            partial_bytes: partials.saturating_mul(elem),
         }
     }
 
