@@ -62,6 +62,23 @@ pub(crate) struct MatMut<'a, T> {
 }
 
 impl<'a, T> MatMut<'a, T> {
+    /// Panics unless every element the view addresses lies inside its slice. In debug
+    /// builds, also unless distinct elements have distinct addresses (one stride must
+    /// step over the whole extent of the other), or the result would depend on write
+    /// order. Both GEMM entry points check C with this before writing through it.
+    pub(crate) fn check_bounds(&self) {
+        assert!(
+            span(self.rows, self.cols, self.row_stride, self.col_stride) <= self.data.len(),
+            "gemm: c out of bounds"
+        );
+        debug_assert!(
+            self.rows <= 1
+                || self.cols <= 1
+                || self.row_stride >= self.cols * self.col_stride
+                || self.col_stride >= self.rows * self.row_stride
+        );
+    }
+
     /// A row-major view whose rows are `row_stride` apart.
     pub(crate) fn row_major(
         data: &'a mut [T],
@@ -116,18 +133,7 @@ pub(crate) fn gemm<T: Element>(
         span(b.rows, b.cols, b.row_stride, b.col_stride) <= b.data.len(),
         "gemm: b out of bounds"
     );
-    assert!(
-        span(c.rows, c.cols, c.row_stride, c.col_stride) <= c.data.len(),
-        "gemm: c out of bounds"
-    );
-    // Distinct elements of c must not share an address, or the result would depend on
-    // write order: one stride must step over the whole extent of the other.
-    debug_assert!(
-        c.rows <= 1
-            || c.cols <= 1
-            || c.row_stride >= c.cols * c.col_stride
-            || c.col_stride >= c.rows * c.row_stride
-    );
+    c.check_bounds();
     if c.rows == 0 || c.cols == 0 {
         return;
     }

@@ -157,18 +157,7 @@ pub(crate) fn gemm_packed_on<T: Element, A: PackA<T>, B: PackB<T>>(
         c.rows,
         c.cols
     );
-    assert!(
-        span(c.rows, c.cols, c.row_stride, c.col_stride) <= c.data.len(),
-        "gemm: c out of bounds"
-    );
-    // Distinct elements of c must not share an address, or the result would depend on
-    // write order: one stride must step over the whole extent of the other.
-    debug_assert!(
-        c.rows <= 1
-            || c.cols <= 1
-            || c.row_stride >= c.cols * c.col_stride
-            || c.col_stride >= c.rows * c.row_stride
-    );
+    c.check_bounds();
     // Strides are at most the slice length, at most isize::MAX: the casts are lossless.
     let raw = RawMatMut {
         ptr: c.data.as_mut_ptr(),
