@@ -1,12 +1,16 @@
 //! Forward pass: `y[n, g] = f(W_g · im2col(x[n, g]) + b)`.
 //!
 //! Per image, per pixel tile, per group: one GEMM writes the `K/groups × len` block of `y`
-//! in place. Its B operand, the column matrix (`(C/groups)·R·S × len`), is packed straight
-//! from the image into the GEMM's panels ([`Im2colB`]) when the crate's blocked GEMM is
-//! the engine; with matrixmultiply (baseline path) im2col first fills a bounded column
-//! tile. The GEMM
-//! (row stride `P·Q`), and the bias and activation are applied while that block is still
-//! in cache. A pointwise layer (1×1, stride 1, no padding) skips im2col: the input planes
+//! in place (row stride `P·Q`), and the bias and activation are applied while that block
+//! is still in cache. Its B operand, the column matrix (`(C/groups)·R·S × len`), comes
+//! one of three ways:
+//! - blocked GEMM, batched, moderate padding: each image is copied once into padded planes
+//!   ([`PaddedLayout`]) and the GEMM's B panels are packed from them with plain vector
+//!   copies ([`PaddedIm2colB`]); the tile is the whole output plane, since no column
+//!   matrix exists (the GEMM's own `KC × NC` blocking bounds the packed panels);
+//! - blocked GEMM, batched, huge padding: panels packed from the unpadded image
+//!   ([`Im2colB`]), clamping every run at the border;
+//! - otherwise (matrixmultiply, or a single image): im2col fills a bounded column tile. A pointwise layer (1×1, stride 1, no padding) skips im2col: the input planes
 //! are the column matrix. Strided layers first split each image into column phases
 //! ([`PlaneLayout`]) so im2col copies contiguous runs.
 //!
@@ -18,7 +22,9 @@ use crate::activation::{Activation, apply_in_place};
 use crate::blocked::{StridedA, gemm_packed};
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
-use crate::im2col::{Im2colB, PlaneLayout, im2col, split_phases};
+use crate::im2col::{
+    Im2colB, PaddedIm2colB, PaddedLayout, PlaneLayout, im2col, pad_planes, split_phases,
+};
 use crate::parallel::*;
 use crate::scratch::take;
 use crate::shape::ConvGeometry;
@@ -46,6 +52,16 @@ fn fused(geo: &ConvGeometry) -> bool {
     use_blocked() && !geo.is_pointwise() && geo.batch > 1
 }
 
+/// The padded layout a batched forward packs from, when im2col is fused and the padding
+/// is moderate ([`PaddedLayout::new`]): then every packed row is plain copies.
+fn padded_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
+    if fused(geo) {
+        PaddedLayout::new(geo)
+    } else {
+        None
+    }
+}
+
 /// Elements of the column buffer a task uses (per image for `N ≥ 2`, per call for a single
 /// image; none when im2col is fused into the GEMM's packing).
 pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
@@ -56,8 +72,11 @@ pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
     }
 }
 
-/// Elements of the phase-split copy of one image (0 for the dense layout).
+/// Elements of the padded or phase-split copy of one image (0 for the dense layout).
 pub(crate) fn phased_len(geo: &ConvGeometry) -> usize {
+    if let Some(padded) = padded_layout(geo) {
+        return padded.buffer_len(geo.in_channels);
+    }
     let layout = PlaneLayout::for_lowering(geo);
     if layout.is_dense() {
         0
@@ -82,6 +101,9 @@ pub(crate) fn forward<T: Element>(
     let layout = PlaneLayout::for_lowering(geo);
     let tile = tile_for(geo, size_of::<T>());
     let col_len = column_buffer_len(geo, size_of::<T>());
+    if let Some(padded) = padded_layout(geo) {
+        return forward_padded(geo, &padded, x, w, bias, act, y);
+    }
     y.par_chunks_exact_mut(y_image)
         .zip(x.par_chunks_exact(x_image))
         .for_each_init(
@@ -114,6 +136,43 @@ pub(crate) fn forward<T: Element>(
                         let y_g = &mut y_n[g * rows * geo.out_plane..][..rows * geo.out_plane];
                         gemm_rows(geo, w, b, bias, act, g * rows, rows, y_g, pix0, len);
                     }
+                }
+            },
+        );
+}
+
+/// Batched forward from padded planes: per image, one copy into [`PaddedLayout`], then
+/// per group one GEMM over the whole output plane whose B panels are packed from it.
+fn forward_padded<T: Element>(
+    geo: &ConvGeometry,
+    padded: &PaddedLayout,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    act: Activation,
+    y: &mut [T],
+) {
+    let x_image = geo.in_channels * geo.in_plane;
+    let y_image = geo.out_channels * geo.out_plane;
+    let (cg, kg) = (geo.channels_per_group, geo.filters_per_group);
+    y.par_chunks_exact_mut(y_image)
+        .zip(x.par_chunks_exact(x_image))
+        .for_each_init(
+            || take::<T>(padded.buffer_len(geo.in_channels)),
+            |planes, (y_n, x_n)| {
+                pad_planes(geo, padded, x_n, planes);
+                for g in 0..geo.groups {
+                    let b = Columns::Padded(PaddedIm2colB {
+                        geo,
+                        layout: padded,
+                        planes,
+                        channel0: g * cg,
+                        channels: cg,
+                        pix0: 0,
+                        len: geo.out_plane,
+                    });
+                    let y_g = &mut y_n[g * kg * geo.out_plane..][..kg * geo.out_plane];
+                    gemm_rows(geo, w, b, bias, act, g * kg, kg, y_g, 0, geo.out_plane);
                 }
             },
         );
@@ -213,6 +272,7 @@ fn column_tile<'a, T: Element>(
 enum Columns<'a, T> {
     Matrix(MatRef<'a, T>),
     Fused(Im2colB<'a, T>),
+    Padded(PaddedIm2colB<'a, T>),
 }
 
 /// `y_rows[:, pix0..pix0 + len] = f(W[k0..k0 + rows] · b + bias)`, where `y_rows` holds
@@ -243,6 +303,7 @@ fn gemm_rows<T: Element>(
     match b {
         Columns::Matrix(b) => gemm(T::ONE, a, b, T::ZERO, c),
         Columns::Fused(b) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
+        Columns::Padded(b) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
     }
     if bias.is_some() || act != Activation::Identity {
         for k in 0..rows {

@@ -16,7 +16,11 @@
 //! row: padding is filled by ranges, stride-1 runs are slice copies / vector adds, and
 //! there are no per-element bounds checks in the inner loop.
 
+mod padded;
+
 use std::ops::Range;
+
+pub(crate) use padded::{PaddedIm2colB, PaddedLayout, pad_planes};
 
 use crate::blocked::PackB;
 use crate::element::Element;

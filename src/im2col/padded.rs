@@ -1,0 +1,438 @@
+//! Padded planes: the input stored with its zero padding, so that im2col is pure copies.
+//!
+//! [`PaddedLayout`] stores each input channel as a `(H + 2·pad_h) × (W + 2·pad_w)` plane
+//! whose border is zero, and for `stride_w > 1` splits its columns into `stride_w` phases
+//! (column `iw'` of the padded plane lives in phase `iw' % stride_w`, at index
+//! `iw' / stride_w`). In that layout the column-matrix element of row `(c, r, s)` and
+//! output pixel `(p, q)` sits at
+//!
+//! ```text
+//! tap_offset(c, r, s) + pixel_offset(p, q)
+//! tap_offset   = c·channel_len + phase(s)·phase_len + r·dil_h·row_len + (s·dil_w) / stride_w
+//! pixel_offset = p·stride_h·row_len + q                 phase(s) = (s·dil_w) % stride_w
+//! ```
+//!
+//! always in bounds, never padding-dependent. The pixels of one output row are
+//! consecutive, so a B panel row (`nr` pixels) is one or a few contiguous runs whose
+//! source offsets are the same for every row `(c, r, s)` of the panel, up to the tap
+//! offset. [`PaddedIm2colB`] packs the GEMM's B panels that way: the runs are computed
+//! once per panel and each row is a few fixed-width vector copies, with no bounds or
+//! padding logic in the inner loop. (The unpadded [`Im2colB`](super::Im2colB) clamps
+//! every run against the image border instead, and copies each row twice.)
+//!
+//! Copying an image into this layout is one pass over it, against `R·S` reads of every
+//! element by the packing; it is used when the padding is moderate (see
+//! [`PaddedLayout::new`]).
+
+use std::ops::Range;
+
+use crate::blocked::PackB;
+use crate::element::Element;
+use crate::shape::ConvGeometry;
+
+/// Elements copied per step of a run copy; runs are copied in whole chunks (see
+/// [`copy_run`]).
+const CHUNK: usize = 16;
+
+/// Zero elements after the last channel, so that a run's last chunk may read past its
+/// end and stay inside the buffer.
+const SLACK: usize = CHUNK;
+
+/// Most runs a panel may have on the fast path; a panel of `nr` columns spans at most
+/// `nr` runs (one per output row when `Q = 1`).
+const MAX_RUNS: usize = 64;
+
+/// Where the padded planes of one image keep each element; see the module doc.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PaddedLayout {
+    /// Column phases: `stride_w` (1 when `stride_w = 1`). `min(stride_w, W + 2·pad_w)`
+    /// of them are stored, each `H + 2·pad_h` rows.
+    modulus: usize,
+    /// Elements per row of a phase: `ceil((W + 2·pad_w) / stride_w)`.
+    row_len: usize,
+    /// `rows · row_len`.
+    phase_len: usize,
+    /// Elements per channel: `phases · phase_len`, `phases = min(stride_w, W + 2·pad_w)`.
+    pub channel_len: usize,
+}
+
+impl PaddedLayout {
+    /// The layout for `geo`, or `None` when the padded planes would be much larger than
+    /// the image and its output together (huge padding: the caller then lowers from the
+    /// unpadded planes) or not addressable.
+    pub(crate) fn new(geo: &ConvGeometry) -> Option<PaddedLayout> {
+        let rows = geo.h.input.checked_add(geo.h.padding.checked_mul(2)?)?;
+        let cols = geo.w.input.checked_add(geo.w.padding.checked_mul(2)?)?;
+        let modulus = geo.w.stride;
+        let phases = modulus.min(cols);
+        let row_len = cols.div_ceil(modulus);
+        let phase_len = rows.checked_mul(row_len)?;
+        // phases · row_len < cols + stride_w, so channel_len < rows · (cols + stride_w).
+        let channel_len = phase_len.checked_mul(phases)?;
+        let limit = (geo.in_plane + geo.out_plane)
+            .saturating_mul(4)
+            .saturating_add(1024);
+        let total = channel_len
+            .checked_mul(geo.in_channels)?
+            .checked_add(SLACK)?;
+        let addressable = total
+            .checked_mul(size_of::<f64>())
+            .is_some_and(|bytes| bytes <= isize::MAX as usize);
+        (channel_len <= limit && addressable).then_some(PaddedLayout {
+            modulus,
+            row_len,
+            phase_len,
+            channel_len,
+        })
+    }
+
+    /// Elements of the padded copy of `channels` channels, slack included.
+    pub(crate) fn buffer_len(&self, channels: usize) -> usize {
+        self.channel_len * channels + SLACK
+    }
+
+    /// Offset of column-matrix row `(c, r, s)`'s pixel `(0, 0)`, relative to channel 0.
+    #[inline]
+    fn tap_offset(&self, geo: &ConvGeometry, c: usize, r: usize, s: usize) -> usize {
+        let shift = s * geo.w.dilation;
+        c * self.channel_len
+            + (shift % self.modulus) * self.phase_len
+            + r * geo.h.dilation * self.row_len
+            + shift / self.modulus
+    }
+
+    /// Offset of output pixel `pix = p·Q + q` relative to its row's tap offset.
+    #[inline]
+    fn pixel_offset(&self, geo: &ConvGeometry, pix: usize) -> usize {
+        let (p, q) = (pix / geo.w.output, pix % geo.w.output);
+        p * geo.h.stride * self.row_len + q
+    }
+}
+
+/// Copies the dense `H × W` planes of `dense` (whole channels) into `out` in `layout`,
+/// writing every element of `out`: the padding and the slack become zero.
+pub(crate) fn pad_planes<T: Element>(
+    geo: &ConvGeometry,
+    layout: &PaddedLayout,
+    dense: &[T],
+    out: &mut [T],
+) {
+    let (h, w) = (geo.h.input, geo.w.input);
+    let (ph, pw) = (geo.h.padding, geo.w.padding);
+    let channels = dense.len() / geo.in_plane;
+    let (body, slack) = out.split_at_mut(layout.channel_len * channels);
+    slack.fill(T::ZERO);
+    for (plane, dst) in dense
+        .chunks_exact(geo.in_plane)
+        .zip(body.chunks_exact_mut(layout.channel_len))
+    {
+        for (phase, phase_dst) in dst.chunks_exact_mut(layout.phase_len).enumerate() {
+            for (row, to) in phase_dst.chunks_exact_mut(layout.row_len).enumerate() {
+                let Some(ih) = row.checked_sub(ph).filter(|&ih| ih < h) else {
+                    to.fill(T::ZERO);
+                    continue;
+                };
+                let src = &plane[ih * w..][..w];
+                if layout.modulus == 1 {
+                    // Padded column iw' = iw + pw.
+                    let (left, rest) = to.split_at_mut(pw);
+                    let (mid, right) = rest.split_at_mut(w);
+                    left.fill(T::ZERO);
+                    mid.copy_from_slice(src);
+                    right.fill(T::ZERO);
+                } else {
+                    for (i, d) in to.iter_mut().enumerate() {
+                        let iw = (i * layout.modulus + phase).checked_sub(pw);
+                        *d = iw.and_then(|iw| src.get(iw)).copied().unwrap_or(T::ZERO);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The column matrix of one group as the blocked GEMM's B operand, packed from padded
+/// planes ([`PaddedLayout`]): see the module doc.
+pub(crate) struct PaddedIm2colB<'a, T> {
+    pub geo: &'a ConvGeometry,
+    pub layout: &'a PaddedLayout,
+    /// The whole padded image, slack included (runs may read up to `CHUNK − 1` elements
+    /// past their end).
+    pub planes: &'a [T],
+    /// First channel of the group.
+    pub channel0: usize,
+    /// Channels of the group.
+    pub channels: usize,
+    /// First output pixel of column 0.
+    pub pix0: usize,
+    /// Columns (output pixels).
+    pub len: usize,
+}
+
+/// One contiguous run of a panel row: `len` elements at column `at` of the row, read from
+/// `pixel_offset` past the row's tap offset.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    at: usize,
+    pixel_offset: usize,
+    len: usize,
+}
+
+impl<T: Element> PackB<T> for PaddedIm2colB<'_, T> {
+    fn depth(&self) -> usize {
+        self.channels * self.geo.taps
+    }
+
+    fn cols(&self) -> usize {
+        self.len
+    }
+
+    /// Panel by panel: the panel's runs are computed once, then each of its `kc` rows is
+    /// those runs copied from the row's tap offset, and its columns past `cols.end` are
+    /// zeroed.
+    fn pack_b(&self, nr: usize, depth: Range<usize>, cols: Range<usize>, dst: &mut [T]) {
+        pack_padded(self, nr, depth, cols, dst);
+    }
+}
+
+crate::dispatch! {
+    /// [`PaddedIm2colB::pack_b`], compiled for the CPU's vector width (the run copies are
+    /// vector moves).
+    fn pack_padded<T: Element>(b: &PaddedIm2colB<'_, T>, nr: usize, depth: Range<usize>, cols: Range<usize>, dst: &mut [T]) = pack_padded_body;
+}
+
+#[inline(always)]
+fn pack_padded_body<T: Element, const FMA: bool>(
+    this: &PaddedIm2colB<'_, T>,
+    nr: usize,
+    depth: Range<usize>,
+    cols: Range<usize>,
+    dst: &mut [T],
+) {
+    {
+        let (geo, layout) = (this.geo, this.layout);
+        let kc = depth.len();
+        assert_eq!(
+            dst.len(),
+            cols.len().div_ceil(nr) * nr * kc,
+            "pack_b: wrong destination length"
+        );
+        let (taps, s_count) = (geo.taps, geo.w.kernel);
+        let out_w = geo.w.output;
+        let mut runs = [Run::default(); MAX_RUNS];
+        for (p, j0) in cols.clone().step_by(nr).enumerate() {
+            let width = nr.min(cols.end - j0);
+            // The runs of this panel: its pixels split at output-row boundaries.
+            let mut count = 0;
+            let mut at = 0;
+            while at < width {
+                let pix = this.pix0 + j0 + at;
+                let len = (out_w - pix % out_w).min(width - at);
+                if count == MAX_RUNS {
+                    break;
+                }
+                runs[count] = Run {
+                    at,
+                    pixel_offset: layout.pixel_offset(geo, pix),
+                    len,
+                };
+                count += 1;
+                at += len;
+            }
+            let fast = at == width;
+            let panel0 = p * nr * kc;
+            // (c, r, s) of the first row, then stepped without divisions.
+            let row0 = depth.start;
+            let c = this.channel0 + row0 / taps;
+            let (mut r, mut s) = ((row0 % taps) / s_count, row0 % s_count);
+            let mut channel_base = c * layout.channel_len;
+            for kk in 0..kc {
+                let tap = channel_base + layout.tap_offset(geo, 0, r, s);
+                let row_start = panel0 + kk * nr;
+                if fast {
+                    for run in &runs[..count] {
+                        copy_run(
+                            dst,
+                            row_start + run.at,
+                            this.planes,
+                            tap + run.pixel_offset,
+                            run.len,
+                        );
+                    }
+                } else {
+                    // More runs than MAX_RUNS (tiny output rows): element by element.
+                    for j in 0..width {
+                        let pix = this.pix0 + j0 + j;
+                        dst[row_start + j] = this.planes[tap + layout.pixel_offset(geo, pix)];
+                    }
+                }
+                dst[row_start + width..row_start + nr].fill(T::ZERO);
+                s += 1;
+                if s == s_count {
+                    s = 0;
+                    r += 1;
+                    if r == geo.h.kernel {
+                        r = 0;
+                        channel_base += layout.channel_len;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[d..d + len] = src[s..s + len]`, in whole chunks of [`CHUNK`] elements.
+///
+/// The last chunk may write up to `CHUNK − 1` elements past `d + len`: the packing writes
+/// rows and runs in ascending order, so those are overwritten later (or zeroed as panel
+/// padding). At the very end of `dst` the copy is exact. It may also read past
+/// `s + len`, which the [`SLACK`] after the padded planes keeps in bounds. Fixed-width
+/// chunks compile to vector moves; a variable-length `copy_from_slice` would be a
+/// `memcpy` call per run.
+#[inline(always)]
+fn copy_run<T: Element>(dst: &mut [T], d: usize, src: &[T], s: usize, len: usize) {
+    let mut i = 0;
+    while i < len {
+        if d + i + CHUNK <= dst.len() {
+            let to: &mut [T; CHUNK] = (&mut dst[d + i..d + i + CHUNK]).try_into().unwrap();
+            let from: &[T; CHUNK] = src[s + i..s + i + CHUNK].try_into().unwrap();
+            *to = *from;
+        } else {
+            let n = len - i;
+            dst[d + i..d + i + n].copy_from_slice(&src[s + i..s + i + n]);
+            return;
+        }
+        i += CHUNK;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shape::Conv2dSpec;
+
+    /// A small deterministic generator (xorshift64).
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// Column-matrix element `(row, pix)` of group channels `c0..`, straight from the
+    /// definition (zero in the padding).
+    fn column(geo: &ConvGeometry, x: &[f64], c0: usize, row: usize, pix: usize) -> f64 {
+        let (c, tap) = (c0 + row / geo.taps, row % geo.taps);
+        let (r, s) = (tap / geo.w.kernel, tap % geo.w.kernel);
+        let (oh, ow) = (pix / geo.w.output, pix % geo.w.output);
+        let ih = (oh * geo.h.stride + r * geo.h.dilation).checked_sub(geo.h.padding);
+        let iw = (ow * geo.w.stride + s * geo.w.dilation).checked_sub(geo.w.padding);
+        match (ih, iw) {
+            (Some(ih), Some(iw)) if ih < geo.h.input && iw < geo.w.input => {
+                x[c * geo.in_plane + ih * geo.w.input + iw]
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Every packed element, over random geometries, groups, panel widths (including
+    /// one wider than `MAX_RUNS`, the element-by-element path) and sub-blocks, equals the
+    /// column-matrix element it stands for; padding columns are zero; stale data in the
+    /// destination (NaN) never survives.
+    #[test]
+    fn packs_the_column_matrix() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut checked = 0;
+        while checked < 300 {
+            let groups = 1 + rng.below(2);
+            let spec = Conv2dSpec {
+                batch: 2,
+                in_channels: groups * (1 + rng.below(3)),
+                in_h: 1 + rng.below(9),
+                in_w: 1 + rng.below(12),
+                out_channels: groups,
+                kernel: [1 + rng.below(4), 1 + rng.below(4)],
+                stride: [1 + rng.below(3), 1 + rng.below(3)],
+                padding: [rng.below(3), rng.below(4)],
+                dilation: [1 + rng.below(2), 1 + rng.below(2)],
+                groups,
+            };
+            let Ok(geo) = ConvGeometry::new(&spec) else {
+                continue;
+            };
+            let layout = PaddedLayout::new(&geo).expect("moderate padding");
+            let x: Vec<f64> = (0..geo.in_channels * geo.in_plane)
+                .map(|i| 1.0 + i as f64)
+                .collect();
+            let mut planes = vec![f64::NAN; layout.buffer_len(geo.in_channels)];
+            pad_planes(&geo, &layout, &x, &mut planes);
+            let cg = geo.channels_per_group;
+            let g = rng.below(groups);
+            let pix0 = rng.below(geo.out_plane);
+            let len = 1 + rng.below(geo.out_plane - pix0);
+            let b = PaddedIm2colB {
+                geo: &geo,
+                layout: &layout,
+                planes: &planes,
+                channel0: g * cg,
+                channels: cg,
+                pix0,
+                len,
+            };
+            let depth = PackB::<f64>::depth(&b);
+            let nr = [1, 4, 8, 16, 32, MAX_RUNS + 3][rng.below(6)];
+            let d0 = rng.below(depth);
+            let d1 = d0 + 1 + rng.below(depth - d0);
+            let j0 = rng.below(len);
+            let j1 = j0 + 1 + rng.below(len - j0);
+            let (kc, panels) = (d1 - d0, (j1 - j0).div_ceil(nr));
+            let mut dst = vec![f64::NAN; panels * nr * kc];
+            b.pack_b(nr, d0..d1, j0..j1, &mut dst);
+            for p in 0..panels {
+                for kk in 0..kc {
+                    for j in 0..nr {
+                        let col = j0 + p * nr + j;
+                        let want = if col < j1 {
+                            column(&geo, &x, g * cg, d0 + kk, pix0 + col)
+                        } else {
+                            0.0
+                        };
+                        let got = dst[(p * kc + kk) * nr + j];
+                        assert_eq!(
+                            got, want,
+                            "{spec:?} nr {nr} rows {d0}..{d1} cols {j0}..{j1} pix0 {pix0} panel {p} row {kk} col {j}"
+                        );
+                    }
+                }
+            }
+            checked += 1;
+        }
+    }
+
+    /// Huge padding has no padded layout (the caller lowers from the image itself).
+    #[test]
+    fn huge_padding_is_refused() {
+        let spec = Conv2dSpec {
+            batch: 2,
+            in_channels: 1,
+            in_h: 4,
+            in_w: 4,
+            out_channels: 1,
+            kernel: [3, 3],
+            stride: [50, 50],
+            padding: [100, 100],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let geo = ConvGeometry::new(&spec).unwrap();
+        assert!(PaddedLayout::new(&geo).is_none());
+        let spec = Conv2dSpec {
+            padding: [2, 2],
+            ..spec
+        };
+        assert!(PaddedLayout::new(&ConvGeometry::new(&spec).unwrap()).is_some());
+    }
+}
