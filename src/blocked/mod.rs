@@ -6,6 +6,7 @@
 //!   reasoning behind each block size next to it;
 //! - [`pack`]: the [`PackA`] / [`PackB`] seams through which operands enter (a strided
 //!   matrix today; a convolution's input image, im2col fused into packing, next);
+//! - [`transpose`]: in-register block transposes for packing column-contiguous operands;
 //! - `driver`: the five loops, packing into per-thread buffers
 //!   ([`scratch::take_packing`](crate::scratch::take_packing)), so a steady-state call
 //!   allocates nothing.
@@ -27,6 +28,7 @@
 pub(crate) mod driver;
 pub(crate) mod kernel;
 pub(crate) mod pack;
+pub(crate) mod transpose;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -46,7 +48,7 @@ use crate::simd::{self, Isa};
 
 /// The kernels of one element type, per path (a hidden supertrait of
 /// [`Element`](crate::Element), so the generic code can name them).
-pub trait Engine: Sized {
+pub trait Engine: Sized + transpose::Transpose {
     /// AVX-512F kernel (the portable one off x86-64).
     type Avx512: Kernel<Self>;
     /// AVX2 + FMA kernel (the portable one off x86-64).

@@ -12,8 +12,10 @@
 
 use std::ops::Range;
 
+use super::transpose::transpose;
 use crate::element::Element;
 use crate::gemm::MatRef;
+use crate::simd;
 
 /// The left operand A (`rows × depth`) of `C = alpha · A · B + beta · C`.
 pub trait PackA<T> {
@@ -117,9 +119,22 @@ impl<T: Element> PackB<T> for StridedB<'_, T> {
         for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
             let j0 = cols.start + p * nr;
             let w = nr.min(cols.end - j0);
-            if m.row_stride == 1 && w == nr {
+            if m.row_stride == 1 && w == nr && simd::isa() != simd::Isa::Scalar {
                 // Columns are contiguous (transposed B, or a row-major A seen as Aᵀ):
-                // read the nr columns side by side, write each packed row once.
+                // transpose blocks of them in registers.
+                let first = j0 * m.col_stride + depth.start;
+                transpose(
+                    simd::isa(),
+                    &m.data[first..],
+                    m.col_stride,
+                    kc,
+                    nr,
+                    panel,
+                    nr,
+                );
+            } else if m.row_stride == 1 && w == nr {
+                // Same, element by element: read the nr columns side by side, write each
+                // packed row once.
                 match nr {
                     4 => gather_cols::<T, 4>(m, depth.start, j0, kc, panel),
                     6 => gather_cols::<T, 6>(m, depth.start, j0, kc, panel),
