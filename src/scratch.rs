@@ -34,6 +34,9 @@ pub enum Slot {
     /// while a pass holds its column tile, so sharing that slot would make every GEMM call
     /// allocate.
     Packing = 2,
+    /// A pass's weights packed once for the GEMM ([`PrepackedA`](crate::blocked::PrepackedA)),
+    /// held by the calling thread and read by all of its tasks.
+    Weights = 3,
 }
 
 /// A lent scratch buffer of a fixed length. Its initial contents are unspecified (zeros
@@ -109,8 +112,9 @@ macro_rules! impl_thread_buffer {
                 f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R,
             ) -> R {
                 thread_local! {
-                    static BUFFERS: [RefCell<AlignedBuf<$t>>; 3] =
+                    static BUFFERS: [RefCell<AlignedBuf<$t>>; 4] =
                         [
+                        RefCell::new(AVec::new(64)),
                         RefCell::new(AVec::new(64)),
                         RefCell::new(AVec::new(64)),
                         RefCell::new(AVec::new(64)),

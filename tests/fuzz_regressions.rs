@@ -81,6 +81,7 @@ fn workspace_of_the_largest_plans() {
                     let ws = conv.workspace::<f64>(pass);
                     assert!(ws.column_bytes_per_task <= isize::MAX as usize, "{spec:?}");
                     assert!(ws.partial_bytes <= isize::MAX as usize, "{spec:?}");
+                    assert!(ws.packed_weight_bytes <= isize::MAX as usize, "{spec:?}");
                     let _ = conv.workspace::<f32>(pass);
                 }
             }

@@ -112,7 +112,7 @@ fn time_all<T: Element>(args: &Args, layers: &[Layer], out: &mut Reporter) -> Re
                 pass,
                 samples,
                 column_bytes_per_task: ws.column_bytes_per_task,
-                partial_bytes: ws.partial_bytes,
+                per_call_bytes: ws.partial_bytes.saturating_add(ws.packed_weight_bytes),
             });
         }
     }

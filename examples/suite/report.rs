@@ -20,8 +20,9 @@ pub struct Row<'a> {
     pub samples: Samples,
     /// Column bytes per task (from `Conv2d::workspace`).
     pub column_bytes_per_task: usize,
-    /// Weight-gradient partial bytes (from `Conv2d::workspace`).
-    pub partial_bytes: usize,
+    /// Bytes the calling thread holds for the call: weight-gradient partial sums plus
+    /// packed weights (from `Conv2d::workspace`).
+    pub per_call_bytes: usize,
 }
 
 /// Writes results as they come.
@@ -111,7 +112,7 @@ impl Reporter {
             "GFLOP/s",
             "ws_bytes",
             "col/task",
-            "partials",
+            "per-call",
             "reps",
             "load"
         ));
@@ -122,7 +123,7 @@ impl Reporter {
         self.clear_progress();
         let s = &row.samples;
         let gflops = row.layer.conv.flops() as f64 / (s.median_ms * 1e6);
-        let ws = ws_bytes(row.column_bytes_per_task, row.partial_bytes, self.threads);
+        let ws = ws_bytes(row.column_bytes_per_task, row.per_call_bytes, self.threads);
         let disturbed = s.foreign_cores.is_some_and(|f| f > FOREIGN_MAX);
         if self.json {
             say(&format!(
@@ -156,7 +157,7 @@ impl Reporter {
                 gflops,
                 ws,
                 row.column_bytes_per_task,
-                row.partial_bytes,
+                row.per_call_bytes,
                 s.reps,
                 load
             ));
@@ -171,19 +172,19 @@ impl Reporter {
         }
         say(&format!(
             "\nms: median run; min ms: fastest run; GFLOP/s: 2·N·K·(C/groups)·R·S·P·Q / median; \
-             ws_bytes = col/task × threads + partials (bytes);\n\
+             ws_bytes = col/task × threads + per-call (dW partials, packed weights; bytes);\n\
              load: cores other processes used while timing (* = over {FOREIGN_MAX}: unreliable)."
         ));
     }
 }
 
 /// The workspace reported per measurement: one column buffer per thread (each rayon task
-/// holds one while it runs, and at most `threads` run at once) plus the weight-gradient
-/// partial sums.
-pub fn ws_bytes(column_bytes_per_task: usize, partial_bytes: usize, threads: usize) -> usize {
+/// holds one while it runs, and at most `threads` run at once) plus the buffers held for
+/// the whole call (weight-gradient partial sums, packed weights).
+pub fn ws_bytes(column_bytes_per_task: usize, per_call_bytes: usize, threads: usize) -> usize {
     column_bytes_per_task
         .saturating_mul(threads)
-        .saturating_add(partial_bytes)
+        .saturating_add(per_call_bytes)
 }
 
 /// `v` rounded to `digits` decimals, printed by `Display` (shortest form, no exponent).

@@ -30,7 +30,7 @@ pub struct RawMatMut<T> {
 
 /// Length of the equal blocks (rounded up to a multiple of `unit`) that cover `len` in
 /// `len.div_ceil(max)` blocks: 576 with KC 256 gives 3 × 192, not 256 + 256 + 64.
-fn block_len(len: usize, max: usize, unit: usize) -> usize {
+pub(super) fn block_len(len: usize, max: usize, unit: usize) -> usize {
     let blocks = len.div_ceil(max).max(1);
     len.div_ceil(blocks)
         .next_multiple_of(unit)
@@ -97,8 +97,14 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
             let beta = if pc == 0 { beta } else { T::ONE };
             for ic in (0..m).step_by(mc_max) {
                 let mc = mc_max.min(m - ic);
-                let a_pack = &mut a_buf[..mc.div_ceil(mr) * mr * kc];
-                a.pack_a(mr, ic..ic + mc, pc..pc + kc, a_pack);
+                let a_pack: &[T] = match a.packed(mr, ic..ic + mc, pc..pc + kc) {
+                    Some(packed) => packed,
+                    None => {
+                        let a_pack = &mut a_buf[..mc.div_ceil(mr) * mr * kc];
+                        a.pack_a(mr, ic..ic + mc, pc..pc + kc, a_pack);
+                        a_pack
+                    }
+                };
                 for jr in (0..nc).step_by(nr) {
                     let w = nr.min(nc - jr);
                     let b_panel = &b_pack[jr * kc..][..nr * kc];

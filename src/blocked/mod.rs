@@ -6,6 +6,8 @@
 //!   reasoning behind each block size next to it;
 //! - [`pack`]: the [`PackA`] / [`PackB`] seams through which operands enter (a strided
 //!   matrix today; a convolution's input image, im2col fused into packing, next);
+//! - `prepacked`: [`PrepackedA`], weights packed once per pass call and shared by its
+//!   GEMMs;
 //! - [`transpose`]: in-register block transposes for packing column-contiguous operands;
 //! - `driver`: the five loops, packing into per-thread buffers
 //!   ([`scratch::take_packing`](crate::scratch::take_packing)), so a steady-state call
@@ -28,6 +30,7 @@
 pub(crate) mod driver;
 pub(crate) mod kernel;
 pub(crate) mod pack;
+mod prepacked;
 pub(crate) mod transpose;
 
 #[cfg(target_arch = "x86_64")]
@@ -41,6 +44,7 @@ pub use driver::RawMatMut;
 pub use kernel::Kernel;
 pub use pack::{PackA, PackB};
 pub(crate) use pack::{StridedA, StridedB};
+pub(crate) use prepacked::{PrepackedA, prepacked_len};
 
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, span};

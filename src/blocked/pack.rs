@@ -35,6 +35,14 @@ pub trait PackA<T> {
     /// be written as **zero**: the kernel computes the whole panel and the padding must
     /// not turn into NaN or infinity through `0 · x`.
     fn pack_a(&self, mr: usize, rows: Range<usize>, depth: Range<usize>, dst: &mut [T]);
+
+    /// The block `pack_a(mr, rows, depth, ..)` would write, if this operand already holds
+    /// it packed ([`PrepackedA`]): the driver then reads it in place. `None` (the
+    /// default) makes the driver call [`PackA::pack_a`].
+    fn packed(&self, mr: usize, rows: Range<usize>, depth: Range<usize>) -> Option<&[T]> {
+        let _ = (mr, rows, depth);
+        None
+    }
 }
 
 /// The right operand B (`depth × cols`) of `C = alpha · A · B + beta · C`.

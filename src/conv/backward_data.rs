@@ -10,15 +10,20 @@
 
 use crate::parallel::*;
 
+use crate::blocked::{PrepackedA, StridedA, StridedB, gemm_packed, prepacked_len};
 use crate::element::Element;
-use crate::gemm::{MatMut, MatRef, gemm};
+use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
 use crate::im2col::{PlaneLayout, col2im, merge_phases};
 use crate::scratch::take;
 use crate::shape::ConvGeometry;
+use crate::simd;
 use crate::tiling::{tile_len, tiles};
 
 /// A single image's channels of one group are split into at most this many blocks.
 const SINGLE_IMAGE_BLOCKS: usize = 8;
+
+/// `Wᵀ` packed once for all of a batched call's GEMMs ([`PrepackedA`]).
+type PackedWeights<'a, T> = PrepackedA<'a, T, StridedA<'a, T>>;
 
 /// Channels per block: all of a group's channels, or for a single image a fixed split.
 fn channel_block(geo: &ConvGeometry) -> usize {
@@ -52,6 +57,21 @@ pub(crate) fn phased_len(geo: &ConvGeometry) -> usize {
     }
 }
 
+/// Elements of the packed `Wᵀ` a call holds: all of it for a batched, ungrouped layer on
+/// the blocked GEMM, else none.
+pub(crate) fn packed_weights_len<T: Element>(geo: &ConvGeometry) -> usize {
+    if prepacks(geo) {
+        prepacked_len::<T>(simd::isa(), geo.col_rows, geo.out_channels)
+    } else {
+        0
+    }
+}
+
+/// Whether a call packs `Wᵀ` once for all its GEMMs (batched, ungrouped, blocked GEMM).
+fn prepacks(geo: &ConvGeometry) -> bool {
+    use_blocked() && geo.groups == 1 && geo.batch > 1
+}
+
 pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
     let x_image = geo.in_channels * geo.in_plane;
     let y_image = geo.out_channels * geo.out_plane;
@@ -69,19 +89,29 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
                         || take::<T>(scratch_len),
                         |scratch, (b, dx_block)| {
                             let c0 = b * block;
-                            backward_data_block(geo, dy, w, g, c0, dx_block, tile, scratch);
+                            backward_data_block(geo, dy, w, None, g, c0, dx_block, tile, scratch);
                         },
                     );
             });
         return;
     }
+    // An ungrouped layer multiplies every image by the same Wᵀ: pack it once.
+    let w_t = StridedA(MatRef {
+        data: w,
+        rows: geo.col_rows,
+        cols: geo.out_channels,
+        row_stride: 1,
+        col_stride: geo.col_rows,
+    });
+    let packed = prepacks(geo).then(|| PrepackedA::new(simd::isa(), &w_t));
     dx.par_chunks_exact_mut(x_image)
         .zip(dy.par_chunks_exact(y_image))
         .for_each_init(
             || take::<T>(scratch_len),
             |scratch, (dx_n, dy_n)| {
                 for (g, dx_g) in dx_n.chunks_exact_mut(cg * geo.in_plane).enumerate() {
-                    backward_data_block(geo, dy_n, w, g, 0, dx_g, tile, scratch);
+                    let packed = packed.as_ref();
+                    backward_data_block(geo, dy_n, w, packed, g, 0, dx_g, tile, scratch);
                 }
             },
         );
@@ -96,6 +126,7 @@ fn backward_data_block<T: Element>(
     geo: &ConvGeometry,
     dy_n: &[T],
     w: &[T],
+    packed: Option<&PackedWeights<'_, T>>,
     g: usize,
     c0: usize,
     dx_planes: &mut [T],
@@ -113,7 +144,9 @@ fn backward_data_block<T: Element>(
     };
     target.fill(T::ZERO);
     for (pix0, len) in tiles(geo.out_plane, tile) {
-        backward_data_tile(geo, &layout, dy_n, w, g, c0, rows, target, pix0, len, dcol);
+        backward_data_tile(
+            geo, &layout, dy_n, w, packed, g, c0, rows, target, pix0, len, dcol,
+        );
     }
     if !layout.is_dense() {
         merge_phases(
@@ -134,6 +167,7 @@ fn backward_data_tile<T: Element>(
     layout: &PlaneLayout,
     dy_n: &[T],
     w: &[T],
+    packed: Option<&PackedWeights<'_, T>>,
     g: usize,
     c0: usize,
     rows: usize,
@@ -157,19 +191,23 @@ fn backward_data_tile<T: Element>(
         len,
         geo.out_plane,
     );
+    // `packed` is all of Wᵀ: used when this block is all of it (ungrouped, all channels).
+    let packed = packed.filter(|_| c0 == 0 && rows == geo.col_rows);
+    let product = |dst: MatMut<'_, T>| match packed {
+        Some(p) => gemm_packed(T::ONE, p, &StridedB(dy_g), T::ZERO, dst),
+        None => gemm(T::ONE, w_t, dy_g, T::ZERO, dst),
+    };
     if geo.is_pointwise() {
         // Each pixel of a pointwise layer is written by exactly one tile.
-        let dst = MatMut::row_major(&mut target[pix0..], rows, len, geo.in_plane);
-        gemm(T::ONE, w_t, dy_g, T::ZERO, dst);
+        product(MatMut::row_major(
+            &mut target[pix0..],
+            rows,
+            len,
+            geo.in_plane,
+        ));
     } else {
         let dcol = &mut dcol[..rows * len];
-        gemm(
-            T::ONE,
-            w_t,
-            dy_g,
-            T::ZERO,
-            MatMut::row_major(&mut *dcol, rows, len, len),
-        );
+        product(MatMut::row_major(&mut *dcol, rows, len, len));
         col2im(geo, layout, dcol, pix0, len, target);
     }
 }

@@ -22,7 +22,7 @@
 //! output channels, whose rows of `y` are disjoint.
 
 use crate::activation::{Activation, apply_in_place};
-use crate::blocked::{StridedA, gemm_packed};
+use crate::blocked::{PrepackedA, StridedA, StridedB, gemm_packed, prepacked_len};
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
 use crate::im2col::{
@@ -107,6 +107,8 @@ pub(crate) fn forward<T: Element>(
     if let Some(padded) = padded_layout(geo) {
         return forward_padded(geo, &padded, x, w, bias, act, y);
     }
+    let w_mat = weight_matrix(geo, w);
+    let packed = prepack(geo, &w_mat);
     y.par_chunks_exact_mut(y_image)
         .zip(x.par_chunks_exact(x_image))
         .for_each_init(
@@ -137,7 +139,8 @@ pub(crate) fn forward<T: Element>(
                         };
                         let rows = geo.filters_per_group;
                         let y_g = &mut y_n[g * rows * geo.out_plane..][..rows * geo.out_plane];
-                        gemm_rows(geo, w, b, bias, act, g * rows, rows, y_g, pix0, len);
+                        let packed = packed.as_ref();
+                        gemm_rows(geo, w, packed, b, bias, act, g * rows, rows, y_g, pix0, len);
                     }
                 }
             },
@@ -158,6 +161,8 @@ fn forward_padded<T: Element>(
     let x_image = geo.in_channels * geo.in_plane;
     let y_image = geo.out_channels * geo.out_plane;
     let (cg, kg) = (geo.channels_per_group, geo.filters_per_group);
+    let w_mat = weight_matrix(geo, w);
+    let packed = prepack(geo, &w_mat);
     y.par_chunks_exact_mut(y_image)
         .zip(x.par_chunks_exact(x_image))
         .for_each_init(
@@ -175,10 +180,44 @@ fn forward_padded<T: Element>(
                         len: geo.out_plane,
                     });
                     let y_g = &mut y_n[g * kg * geo.out_plane..][..kg * geo.out_plane];
-                    gemm_rows(geo, w, b, bias, act, g * kg, kg, y_g, 0, geo.out_plane);
+                    let (packed, out) = (packed.as_ref(), geo.out_plane);
+                    gemm_rows(geo, w, packed, b, bias, act, g * kg, kg, y_g, 0, out);
                 }
             },
         );
+}
+
+/// `W` packed once for all of a batched call's GEMMs ([`PrepackedA`]).
+type PackedWeights<'a, T> = PrepackedA<'a, T, StridedA<'a, T>>;
+
+/// `W` as a `K × (C/groups)·R·S` row-major matrix.
+fn weight_matrix<'a, T: Element>(geo: &ConvGeometry, w: &'a [T]) -> StridedA<'a, T> {
+    StridedA(MatRef::row_major(
+        w,
+        geo.out_channels,
+        geo.col_rows,
+        geo.col_rows,
+    ))
+}
+
+/// Packs `W` once when the blocked GEMM runs a batch of an ungrouped layer: every image
+/// (and tile) then multiplies the same packed panels. Grouped layers use a different
+/// sub-matrix per group and keep packing per GEMM.
+fn prepack<'a, T: Element>(
+    geo: &ConvGeometry,
+    w: &'a StridedA<'a, T>,
+) -> Option<PackedWeights<'a, T>> {
+    (use_blocked() && geo.groups == 1).then(|| PrepackedA::new(crate::simd::isa(), w))
+}
+
+/// Elements of the packed weights a call holds ([`prepack`]): all of `W` for a batched,
+/// ungrouped layer on the blocked GEMM, else none.
+pub(crate) fn packed_weights_len<T: Element>(geo: &ConvGeometry) -> usize {
+    if use_blocked() && geo.groups == 1 && geo.batch > 1 {
+        prepacked_len::<T>(crate::simd::isa(), geo.out_channels, geo.col_rows)
+    } else {
+        0
+    }
 }
 
 /// One image: each tile's column matrix is built once (channel blocks in parallel), then
@@ -232,6 +271,7 @@ fn forward_single_image<T: Element>(
                     gemm_rows(
                         geo,
                         w,
+                        None,
                         Columns::Matrix(b),
                         bias,
                         act,
@@ -281,10 +321,14 @@ enum Columns<'a, T> {
 /// `y_rows[:, pix0..pix0 + len] = f(W[k0..k0 + rows] · b + bias)`, where `y_rows` holds
 /// output channels `k0 .. k0 + rows` of one image (row stride `P·Q`), then the epilogue:
 /// bias and activation on each row while it is in cache.
+///
+/// `packed`, when given, is all of `W` packed once ([`prepack`]); it is used when the block
+/// is all of `W` (`k0 = 0`, `rows = K`).
 #[allow(clippy::too_many_arguments)]
 fn gemm_rows<T: Element>(
     geo: &ConvGeometry,
     w: &[T],
+    packed: Option<&PackedWeights<'_, T>>,
     b: Columns<'_, T>,
     bias: Option<&[T]>,
     act: Activation,
@@ -303,10 +347,13 @@ fn gemm_rows<T: Element>(
     );
     let out = &mut y_rows[pix0..];
     let c = MatMut::row_major(&mut *out, rows, len, geo.out_plane);
-    match b {
-        Columns::Matrix(b) => gemm(T::ONE, a, b, T::ZERO, c),
-        Columns::Fused(b) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
-        Columns::Padded(b) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
+    match (b, packed.filter(|_| k0 == 0 && rows == geo.out_channels)) {
+        (Columns::Matrix(b), None) => gemm(T::ONE, a, b, T::ZERO, c),
+        (Columns::Matrix(b), Some(p)) => gemm_packed(T::ONE, p, &StridedB(b), T::ZERO, c),
+        (Columns::Fused(b), None) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
+        (Columns::Fused(b), Some(p)) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
+        (Columns::Padded(b), None) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
+        (Columns::Padded(b), Some(p)) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
     }
     if bias.is_some() || act != Activation::Identity {
         for k in 0..rows {

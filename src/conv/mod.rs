@@ -39,6 +39,10 @@ pub struct Workspace {
     /// Bytes of the weight-gradient partial sums ([`Pass::BackwardWeights`] only): one
     /// `dw` plus `db` per image chunk, at most 4.
     pub partial_bytes: usize,
+    /// Bytes of the weights packed once per call for the GEMM (forward and input delta of
+    /// batched, ungrouped layers on the SIMD paths): about the size of `w`. The calling
+    /// thread keeps the buffer for the next call.
+    pub packed_weight_bytes: usize,
 }
 
 /// A validated 2-D convolution plan: build it once per layer shape, call its passes many
@@ -49,7 +53,9 @@ pub struct Workspace {
 /// [`Conv2d::new`]. Calls run in the caller's rayon pool (the global one unless the caller
 /// installs another) and allocate only bounded per-task column buffers: at most about
 /// 1 MiB of column tile per task (2 for [`Conv2d::backward_weights`], which also
-/// transposes it), plus, for the weight gradient, up to 4 weight-sized partial sums. Results are bit-identical whatever the number of threads.
+/// transposes it), plus, held by the calling thread, up to 4 weight-sized partial sums for
+/// the weight gradient or one packed copy of the weights for the other passes (see
+/// [`Conv2d::workspace`]). Results are bit-identical whatever the number of threads.
 ///
 /// ```
 /// use convgemm::{Conv2d, Conv2dSpec};
@@ -159,28 +165,33 @@ impl Conv2d {
             return Workspace {
                 column_bytes_per_task: depthwise::scratch_len(&self.geo, pass).saturating_mul(elem),
                 partial_bytes: 0,
+                packed_weight_bytes: 0,
             };
         }
-        let (col, partials) = match pass {
+        let (col, partials, packed) = match pass {
             Pass::Forward => (
                 forward::column_buffer_len(&self.geo, elem) + forward::phased_len(&self.geo),
                 0,
+                forward::packed_weights_len::<T>(&self.geo),
             ),
             Pass::BackwardData => (
                 backward_data::column_buffer_len(&self.geo, elem)
                     + backward_data::phased_len(&self.geo),
                 0,
+                backward_data::packed_weights_len::<T>(&self.geo),
             ),
             Pass::BackwardWeights => (
                 backward_weights::column_buffer_len(&self.geo, elem)
                     + backward_weights::phased_len(&self.geo, elem),
                 backward_weights::partial_len(&self.geo, elem),
+                0,
             ),
         };
         Workspace {
-            // Validation bounds both products; saturating keeps that a local fact.
+            // Validation bounds these products; saturating keeps that a local fact.
             column_bytes_per_task: col.saturating_mul(elem),
             partial_bytes: partials.saturating_mul(elem),
+            packed_weight_bytes: packed.saturating_mul(elem),
         }
     }
 

@@ -289,13 +289,18 @@ impl<T: Element> PackB<T> for Im2colB<'_, T> {
     }
 }
 
-/// Scatter-adds the column tile of output pixels `pix0 .. pix0 + len` into the input
-/// planes (the adjoint of [`im2col`]).
-///
-/// - `col`: `(c_count·R·S) × len`, row-major;
-/// - `planes`: `c_count` channels in `layout`, accumulated into (the caller zeroes them
-///   once).
-pub(crate) fn col2im<T: Element>(
+crate::dispatch! {
+    /// Scatter-adds the column tile of output pixels `pix0 .. pix0 + len` into the input
+    /// planes (the adjoint of [`im2col`]), compiled for the CPU's vector width.
+    ///
+    /// - `col`: `(c_count·R·S) × len`, row-major;
+    /// - `planes`: `c_count` channels in `layout`, accumulated into (the caller zeroes them
+    ///   once).
+    pub(crate) fn col2im<T: Element>(geo: &ConvGeometry, layout: &PlaneLayout, col: &[T], pix0: usize, len: usize, planes: &mut [T]) = col2im_body;
+}
+
+#[inline(always)]
+fn col2im_body<T: Element, const FMA: bool>(
     geo: &ConvGeometry,
     layout: &PlaneLayout,
     col: &[T],
