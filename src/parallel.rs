@@ -3,7 +3,17 @@
 //!
 //! The passes are written once against the subset of rayon's API re-exported here. The
 //! work partition never depends on the thread count, so both builds give bit-identical
-//! results.
+//! results. The one exception is [`threads`]-sized splits of a blocked GEMM's rows, which
+//! cannot change a bit: that GEMM computes each element the same way however its rows
+//! are split (see [`blocked`](crate::blocked)).
+
+/// Threads the calling pool runs (1 without the `rayon` feature).
+pub(crate) fn threads() -> usize {
+    #[cfg(feature = "rayon")]
+    return rayon::current_num_threads();
+    #[cfg(not(feature = "rayon"))]
+    1
+}
 
 #[cfg(feature = "rayon")]
 pub(crate) use rayon::prelude::*;

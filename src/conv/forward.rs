@@ -68,7 +68,7 @@ fn padded_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
 /// Elements of the column buffer a task uses (per image for `N ≥ 2`, per call for a single
 /// image; none when im2col is fused into the GEMM's packing).
 pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
-    if geo.is_pointwise() || fused(geo) {
+    if geo.is_pointwise() || fused(geo) || single_image_padded(geo).is_some() {
         0
     } else {
         geo.col_rows * tile_for(geo, elem_size)
@@ -77,7 +77,7 @@ pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
 
 /// Elements of the padded or phase-split copy of one image (0 for the dense layout).
 pub(crate) fn phased_len(geo: &ConvGeometry) -> usize {
-    if let Some(padded) = padded_layout(geo) {
+    if let Some(padded) = padded_layout(geo).or_else(|| single_image_padded(geo)) {
         return padded.buffer_len(geo.in_channels);
     }
     let layout = PlaneLayout::for_lowering(geo);
@@ -230,6 +230,9 @@ fn forward_single_image<T: Element>(
     act: Activation,
     y: &mut [T],
 ) {
+    if let Some(padded) = single_image_padded(geo) {
+        return forward_single_padded(geo, &padded, x, w, bias, act, y);
+    }
     let layout = PlaneLayout::for_lowering(geo);
     let (cg, kg, taps) = (geo.channels_per_group, geo.filters_per_group, geo.taps);
     let phased_storage;
@@ -283,6 +286,67 @@ fn forward_single_image<T: Element>(
                     );
                 });
         }
+    }
+}
+
+/// The padded layout a single image packs from: blocked GEMM, im2col needed, moderate
+/// padding.
+fn single_image_padded(geo: &ConvGeometry) -> Option<PaddedLayout> {
+    if use_blocked() && !geo.is_pointwise() && geo.batch == 1 {
+        PaddedLayout::new(geo)
+    } else {
+        None
+    }
+}
+
+/// One image from padded planes: the output channels of each group are split into one
+/// block per thread (at most [`SINGLE_IMAGE_FILTER_BLOCKS`]), each a GEMM over the whole
+/// plane that packs its B panels from the padded planes. Each block packs B itself, so
+/// fewer blocks pack less; splitting rows does not change a bit of the result.
+fn forward_single_padded<T: Element>(
+    geo: &ConvGeometry,
+    padded: &PaddedLayout,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    act: Activation,
+    y: &mut [T],
+) {
+    let (cg, kg) = (geo.channels_per_group, geo.filters_per_group);
+    let mut planes = take::<T>(padded.buffer_len(geo.in_channels));
+    pad_planes(geo, padded, x, &mut planes);
+    let blocks = threads().clamp(1, SINGLE_IMAGE_FILTER_BLOCKS);
+    let filter_block = kg.div_ceil(blocks).next_multiple_of(16).min(kg);
+    for g in 0..geo.groups {
+        let y_g = &mut y[g * kg * geo.out_plane..][..kg * geo.out_plane];
+        y_g.par_chunks_mut(filter_block * geo.out_plane)
+            .enumerate()
+            .for_each(|(i, y_block)| {
+                let rows = y_block.len() / geo.out_plane;
+                let b = Columns::Padded(PaddedIm2colB {
+                    geo,
+                    layout: padded,
+                    planes: &planes,
+                    channel0: g * cg,
+                    channels: cg,
+                    pix0: 0,
+                    len: geo.out_plane,
+                });
+                let k0 = g * kg + i * filter_block;
+                gemm_rows(
+                    geo,
+                    w,
+                    None,
+                    b,
+                    bias,
+                    act,
+                    k0,
+                    rows,
+                    y_block,
+                    0,
+                    geo.out_plane,
+                );
+            });
     }
 }
 
