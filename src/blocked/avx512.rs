@@ -77,7 +77,25 @@ impl Kernel<f32> for Avx512 {
     ) {
         // SAFETY: the caller upholds `Kernel::kernel`'s contract, which includes that the
         // CPU has AVX-512F.
-        unsafe { kernel_f32(k, alpha, a, b, beta, c, rsc) }
+        unsafe { kernel_f32::<2>(k, alpha, a, b, beta, c, rsc) }
+    }
+
+    /// One vector: 16 columns.
+    const NR_NARROW: usize = 16;
+
+    #[inline(always)]
+    unsafe fn kernel_narrow(
+        k: usize,
+        alpha: f32,
+        a: *const f32,
+        b: *const f32,
+        beta: f32,
+        c: *mut f32,
+        rsc: isize,
+    ) {
+        // SAFETY: as `kernel`; the narrow instance touches only the first vector of each
+        // row of the tile.
+        unsafe { kernel_f32::<1>(k, alpha, a, b, beta, c, rsc) }
     }
 }
 
@@ -103,6 +121,24 @@ impl Kernel<f64> for Avx512 {
     ) {
         // SAFETY: the caller upholds `Kernel::kernel`'s contract, which includes that the
         // CPU has AVX-512F.
-        unsafe { kernel_f64(k, alpha, a, b, beta, c, rsc) }
+        unsafe { kernel_f64::<2>(k, alpha, a, b, beta, c, rsc) }
+    }
+
+    /// One vector: 8 columns.
+    const NR_NARROW: usize = 8;
+
+    #[inline(always)]
+    unsafe fn kernel_narrow(
+        k: usize,
+        alpha: f64,
+        a: *const f64,
+        b: *const f64,
+        beta: f64,
+        c: *mut f64,
+        rsc: isize,
+    ) {
+        // SAFETY: as `kernel`; the narrow instance touches only the first vector of each
+        // row of the tile.
+        unsafe { kernel_f64::<1>(k, alpha, a, b, beta, c, rsc) }
     }
 }

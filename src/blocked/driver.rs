@@ -168,17 +168,15 @@ fn edge_tile<T: Element, K: Kernel<T>>(
         }
     }
     // SAFETY: the panels hold kc·MR and kc·NR elements; `tile` is a local MR × NR
-    // row-major buffer (row stride NR), not aliased by the panels.
+    // row-major buffer (row stride NR), not aliased by the panels. The narrow kernel
+    // computes the first NR_NARROW >= w columns, all that is copied out.
+    let (a, b, t) = (a_panel.as_ptr(), b_panel.as_ptr(), tile.as_mut_ptr());
     unsafe {
-        K::kernel(
-            kc,
-            alpha,
-            a_panel.as_ptr(),
-            b_panel.as_ptr(),
-            beta,
-            tile.as_mut_ptr(),
-            nr as isize,
-        )
+        if w <= K::NR_NARROW {
+            K::kernel_narrow(kc, alpha, a, b, beta, t, nr as isize)
+        } else {
+            K::kernel(kc, alpha, a, b, beta, t, nr as isize)
+        }
     };
     for i in 0..h {
         for j in 0..w {

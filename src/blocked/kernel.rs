@@ -44,6 +44,31 @@ pub trait Kernel<T> {
     ///   after [`simd::isa`](crate::simd::isa) reported its ISA).
     #[allow(clippy::too_many_arguments)]
     unsafe fn kernel(k: usize, alpha: T, a: *const T, b: *const T, beta: T, c: *mut T, rsc: isize);
+
+    /// Columns [`Kernel::kernel_narrow`] computes (`NR` when the kernel has no narrow form).
+    const NR_NARROW: usize = Self::NR;
+
+    /// [`Kernel::kernel`] for only the first `NR_NARROW` columns of the tile (B panels are
+    /// still `NR` wide), with the same arithmetic per element: the driver runs it on a last
+    /// panel with at most `NR_NARROW` valid columns, where the full kernel would spend
+    /// most of its work on zero padding. Same contract as `kernel`, except that only
+    /// columns `j < NR_NARROW` of C are written (and read).
+    ///
+    /// # Safety
+    /// As [`Kernel::kernel`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel_narrow(
+        k: usize,
+        alpha: T,
+        a: *const T,
+        b: *const T,
+        beta: T,
+        c: *mut T,
+        rsc: isize,
+    ) {
+        // SAFETY: forwarded; the full kernel writes a superset of the narrow columns.
+        unsafe { Self::kernel(k, alpha, a, b, beta, c, rsc) }
+    }
 }
 
 /// The portable kernel: plain Rust, a separate multiply and add (the baseline x86-64 has
@@ -116,9 +141,11 @@ macro_rules! impl_portable {
 impl_portable!(f32);
 impl_portable!(f64);
 
-/// Writes a SIMD microkernel as a `#[target_feature]` function `$name`.
+/// Writes a SIMD microkernel as a `#[target_feature]` function `$name::<NV>`.
 ///
-/// The tile is `MR` rows × `NV` vectors of `$lanes` lanes. Accumulators are a local
+/// The tile is `MR` rows × `NV` vectors of `$lanes` lanes, read from B panels `$nv`
+/// vectors wide: `NV = $nv` is the kernel, a smaller `NV` its narrow form for the last,
+/// partial panel of a row of tiles (the same arithmetic per element, fewer columns). Accumulators are a local
 /// `[[vector; NV]; MR]` indexed only by constants after full unrolling, so LLVM keeps
 /// every one in a register (checked with `objdump`, see the module doc of `blocked`).
 /// Each step loads the `NV` vectors of the B row and broadcasts each A value (folded
@@ -137,7 +164,7 @@ macro_rules! simd_kernel {
         /// target features of this function.
         #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn $name(
+        pub(super) unsafe fn $name<const NV: usize>(
             k: usize,
             alpha: $t,
             a: *const $t,
@@ -147,7 +174,9 @@ macro_rules! simd_kernel {
             rsc: isize,
         ) {
             const MR: usize = $mr;
-            const NV: usize = $nv;
+            // The packed B rows are always the full panel width; a narrow instance
+            // (`NV < $nv`) computes only the first `NV` vectors of the tile.
+            const B_ROW: usize = $nv * $lanes;
             const L: usize = $lanes;
             // Start fetching the C tile now: it is touched only after the k loop, and
             // from the second k block on it has usually left L1.
@@ -176,7 +205,7 @@ macro_rules! simd_kernel {
                 // SAFETY: one step past the last row/column at most (k steps in all).
                 unsafe {
                     a = a.add(MR);
-                    b = b.add(NV * L);
+                    b = b.add(B_ROW);
                 }
             }
             let alpha_v = $splat(alpha);
