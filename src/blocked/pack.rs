@@ -127,19 +127,17 @@ impl<T: Element> PackB<T> for StridedB<'_, T> {
         for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
             let j0 = cols.start + p * nr;
             let w = nr.min(cols.end - j0);
-            if m.row_stride == 1 && w == nr && simd::isa() != simd::Isa::Scalar {
+            if m.row_stride == 1 && simd::isa() != simd::Isa::Scalar {
                 // Columns are contiguous (transposed B, or a row-major A seen as Aᵀ):
-                // transpose blocks of them in registers.
+                // transpose blocks of them in registers, then zero the padding columns.
                 let first = j0 * m.col_stride + depth.start;
-                transpose(
-                    simd::isa(),
-                    &m.data[first..],
-                    m.col_stride,
-                    kc,
-                    nr,
-                    panel,
-                    nr,
-                );
+                let src = &m.data[first..];
+                transpose(simd::isa(), src, m.col_stride, kc, w, panel, nr);
+                if w < nr {
+                    for row in panel.chunks_exact_mut(nr) {
+                        row[w..].fill(T::ZERO);
+                    }
+                }
             } else if m.row_stride == 1 && w == nr {
                 // Same, element by element: read the nr columns side by side, write each
                 // packed row once.
