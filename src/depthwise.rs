@@ -347,7 +347,7 @@ pub(crate) fn backward_weights<T: Element>(
                         );
                     }
                     if want_db {
-                        bias_sum += sum_in_lanes(dy_plane);
+                        bias_sum += crate::simd::sum(dy_plane);
                     }
                 }
                 bias_sum
@@ -535,13 +535,4 @@ fn reduce_lanes<T: Element>(lanes: &[T; LANES]) -> T {
         }
     }
     v[0]
-}
-
-/// Sum of a slice in LANES accumulators, reduced in a fixed order.
-fn sum_in_lanes<T: Element>(v: &[T]) -> T {
-    let mut lanes = [T::ZERO; LANES];
-    for (i, &x) in v.iter().enumerate() {
-        lanes[i % LANES] += x;
-    }
-    reduce_lanes(&lanes)
 }

@@ -22,6 +22,7 @@ use crate::im2col::{PlaneLayout, im2col, split_phases};
 use crate::parallel::*;
 use crate::scratch::{Slot, take, take_from};
 use crate::shape::ConvGeometry;
+use crate::simd::sum;
 use crate::tiling::{partition, tile_len, tiles};
 
 /// Most partial sums over images (each as large as the `dW` columns it covers).
@@ -181,10 +182,7 @@ pub(crate) fn backward_weights<T: Element>(
                         }
                     }
                     for (k, acc) in db_part.iter_mut().enumerate() {
-                        *acc += dy_n[k * geo.out_plane..][..geo.out_plane]
-                            .iter()
-                            .copied()
-                            .sum::<T>();
+                        *acc += sum(&dy_n[k * geo.out_plane..][..geo.out_plane]);
                     }
                 }
             },
