@@ -12,9 +12,12 @@
 //! The partials are then summed in chunk order. So every result is bit-identical whatever
 //! rayon pool runs the call.
 //!
-//! The GEMM sees two row-major operands: im2col fills a column tile and a blocked
-//! transpose turns it into `colᵀ` (pixels × rows), which matrixmultiply packs about
-//! twice as fast as the same matrix given through transposed strides.
+//! Per tile, im2col fills a column tile and one GEMM adds `col · dyᵀ` into the partial
+//! `dWᵀ`. Both operands run along the pixels, the reduction: the blocked GEMM packs them
+//! with in-register block transposes ([`blocked::transpose`](crate::blocked::transpose)).
+//!
+//! Layers with few taps (`C·R·S ≤ 32`, stride 1) skip all this: their gradient is a few
+//! hundred dot products, computed directly by [`small_filter`](super::small_filter).
 
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm};

@@ -6,11 +6,15 @@
 //! | input delta | `dx = col2im(Wᵀ · dy)` | [`backward_data`] |
 //! | weight gradient | `dW = Σ_n dy · im2col(x)ᵀ`, `db = Σ dy` | [`backward_weights`] |
 //!
-//! One GEMM per image, group and pixel tile, with matrixmultiply's cache-blocked kernels.
+//! One GEMM per image, group and pixel tile, with the crate's cache-blocked GEMM
+//! ([`crate::blocked`]; matrixmultiply on the portable path). Two kinds of layer go
+//! direct instead: depthwise layers ([`crate::depthwise`], all passes) and the weight
+//! gradient of layers with few taps ([`small_filter`]).
 
 mod backward_data;
 mod backward_weights;
 mod forward;
+mod small_filter;
 
 use crate::activation::Activation;
 use crate::depthwise;
@@ -79,7 +83,8 @@ pub struct Conv2d {
 /// How a plan computes its passes; chosen once, in [`Conv2d::new`], by [`Algorithm::choose`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Algorithm {
-    /// im2col (or the input itself, for pointwise layers) plus matrixmultiply's GEMM.
+    /// im2col (or the input itself, for pointwise layers) plus a GEMM; the weight
+    /// gradient of layers with few taps by direct dot products ([`small_filter`]).
     Gemm,
     /// Direct per-plane kernels ([`crate::depthwise`]).
     Depthwise,
@@ -179,6 +184,11 @@ impl Conv2d {
                     + backward_data::phased_len(&self.geo),
                 0,
                 backward_data::packed_weights_len::<T>(&self.geo),
+            ),
+            Pass::BackwardWeights if small_filter::applies(&self.geo) => (
+                small_filter::scratch_len(&self.geo),
+                small_filter::partial_len(&self.geo),
+                0,
             ),
             Pass::BackwardWeights => (
                 backward_weights::column_buffer_len(&self.geo, elem)
@@ -291,6 +301,9 @@ impl Conv2d {
             self.geo.check_bias("db", b.len())?;
         }
         match self.algorithm {
+            Algorithm::Gemm if small_filter::applies(&self.geo) => {
+                small_filter::backward_weights(&self.geo, x, dy, dw, db)
+            }
             Algorithm::Gemm => backward_weights::backward_weights(&self.geo, x, dy, dw, db),
             Algorithm::Depthwise => depthwise::backward_weights(&self.geo, x, dy, dw, db),
         }
