@@ -137,12 +137,15 @@ macro_rules! dispatch {
     ($(#[$m:meta])* $vis:vis fn $name:ident<$t:ident : Element>($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:ident;) => {
         $(#[$m])*
         #[inline]
+        #[allow(clippy::too_many_arguments)]
         $vis fn $name<$t: $crate::Element>($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
                 fn avx512<$t: $crate::Element>($($arg: $ty),*) $(-> $ret)? { $body::<$t, true>($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 fn avx2<$t: $crate::Element>($($arg: $ty),*) $(-> $ret)? { $body::<$t, true>($($arg),*) }
                 match $crate::simd::isa() {
                     // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.

@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use super::transpose::transpose;
+use super::transpose::{Strided, transpose};
 use crate::element::Element;
 use crate::gemm::MatRef;
 use crate::simd;
@@ -132,7 +132,7 @@ impl<T: Element> PackB<T> for StridedB<'_, T> {
                 // transpose blocks of them in registers, then zero the padding columns.
                 let first = j0 * m.col_stride + depth.start;
                 let src = &m.data[first..];
-                transpose(simd::isa(), src, m.col_stride, kc, w, panel, nr);
+                transpose(simd::isa(), src, Strided(m.col_stride), kc, w, panel, nr);
                 if w < nr {
                     for row in panel.chunks_exact_mut(nr) {
                         row[w..].fill(T::ZERO);

@@ -10,15 +10,43 @@
 
 use crate::simd::Isa;
 
-/// `dst[i·ds + j] = src[j·ss + i]` for `i < rows`, `j < cols`: the `cols` contiguous
-/// source columns (`rows` elements each, `ss` apart) become `rows` rows of `dst`.
+/// Where each contiguous source column of a [`transpose`] starts.
+pub trait ColumnStarts: Copy {
+    /// Offset of column `j` in the source slice.
+    fn start(self, j: usize) -> usize;
+}
+
+/// Columns `stride` apart: column `j` starts at `j · stride`.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided(pub usize);
+
+impl ColumnStarts for Strided {
+    #[inline(always)]
+    fn start(self, j: usize) -> usize {
+        j * self.0
+    }
+}
+
+/// Columns anywhere: column `j` starts at `starts[j]` (the taps of a padded image).
+#[derive(Clone, Copy)]
+pub(crate) struct Listed<'a>(pub &'a [usize]);
+
+impl ColumnStarts for Listed<'_> {
+    #[inline(always)]
+    fn start(self, j: usize) -> usize {
+        self.0[j]
+    }
+}
+
+/// `dst[i·ds + j] = src[at.start(j) + i]` for `i < rows`, `j < cols`: the `cols`
+/// contiguous source columns (`rows` elements each) become `rows` rows of `dst`.
 ///
 /// Blocks of `L × L` go through [`Transpose::transpose_blocks`] where the path has a
 /// kernel; the edges, and every element on the portable path, are copied one by one.
-pub(crate) fn transpose<T: Transpose>(
+pub(crate) fn transpose<T: Transpose, C: ColumnStarts>(
     isa: Isa,
     src: &[T],
-    ss: usize,
+    at: C,
     rows: usize,
     cols: usize,
     dst: &mut [T],
@@ -27,20 +55,21 @@ pub(crate) fn transpose<T: Transpose>(
     if rows == 0 || cols == 0 {
         return;
     }
+    let in_bounds = (0..cols).all(|j| at.start(j) + rows <= src.len());
     assert!(
-        (cols - 1) * ss + rows <= src.len() && (rows - 1) * ds + cols <= dst.len(),
+        in_bounds && (rows - 1) * ds + cols <= dst.len(),
         "transpose: views out of bounds"
     );
-    let (block_rows, block_cols) = T::transpose_blocks(isa, src, ss, rows, cols, dst, ds);
+    let (block_rows, block_cols) = T::transpose_blocks(isa, src, at, rows, cols, dst, ds);
     // Whatever the block kernel left: the bottom rows, then the right columns.
     for i in block_rows..rows {
         for j in 0..cols {
-            dst[i * ds + j] = src[j * ss + i];
+            dst[i * ds + j] = src[at.start(j) + i];
         }
     }
     for i in 0..block_rows {
         for j in block_cols..cols {
-            dst[i * ds + j] = src[j * ss + i];
+            dst[i * ds + j] = src[at.start(j) + i];
         }
     }
 }
@@ -50,10 +79,10 @@ pub trait Transpose: Copy {
     /// Transposes the largest block `rows' × cols'` (multiples of the kernel's `L`) that
     /// fits, as [`transpose`] specifies, and returns `(rows', cols')`; `(0, 0)` when `isa`
     /// has no kernel. The caller has checked that both views are in bounds.
-    fn transpose_blocks(
+    fn transpose_blocks<C: ColumnStarts>(
         isa: Isa,
         src: &[Self],
-        ss: usize,
+        at: C,
         rows: usize,
         cols: usize,
         dst: &mut [Self],
@@ -64,10 +93,10 @@ pub trait Transpose: Copy {
 macro_rules! impl_transpose {
     ($t:ty, $lanes:literal, $kernel:ident) => {
         impl Transpose for $t {
-            fn transpose_blocks(
+            fn transpose_blocks<C: ColumnStarts>(
                 isa: Isa,
                 src: &[$t],
-                ss: usize,
+                at: C,
                 rows: usize,
                 cols: usize,
                 dst: &mut [$t],
@@ -83,12 +112,12 @@ macro_rules! impl_transpose {
                     // `isa` reports only on CPUs that have them; the caller checked that
                     // rows `< rows` of columns `< cols` (and the transposed `dst`) are in
                     // bounds, and the kernel touches only the blocks inside `br × bc`.
-                    unsafe { $kernel(src.as_ptr(), ss, br, bc, dst.as_mut_ptr(), ds) };
+                    unsafe { $kernel(src.as_ptr(), at, br, bc, dst.as_mut_ptr(), ds) };
                     (br, bc)
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 {
-                    let _ = (src, ss, dst, ds);
+                    let _ = (src, at, dst, ds);
                     (0, 0)
                 }
             }
@@ -102,13 +131,13 @@ impl_transpose!(f64, 4, transpose_f64_avx);
 /// 8 × 8 f32 blocks over `rows × cols` (multiples of 8).
 ///
 /// # Safety
-/// AVX available; `src[j·ss + i]` readable and `dst[i·ds + j]` writable for `i < rows`,
-/// `j < cols`.
+/// AVX available; `src[at.start(j) + i]` readable and `dst[i·ds + j]` writable for
+/// `i < rows`, `j < cols`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn transpose_f32_avx(
+unsafe fn transpose_f32_avx<C: ColumnStarts>(
     src: *const f32,
-    ss: usize,
+    at: C,
     rows: usize,
     cols: usize,
     dst: *mut f32,
@@ -119,7 +148,7 @@ unsafe fn transpose_f32_avx(
         for i0 in (0..rows).step_by(8) {
             // SAFETY: column j0 + j, elements i0 .. i0 + 8, inside the caller's bounds.
             let r: [__m256; 8] =
-                std::array::from_fn(|j| unsafe { _mm256_loadu_ps(src.add((j0 + j) * ss + i0)) });
+                std::array::from_fn(|j| unsafe { _mm256_loadu_ps(src.add(at.start(j0 + j) + i0)) });
             // Pairs, then quads, then the 128-bit halves: out[i] holds element i of
             // every input vector.
             let t0 = _mm256_unpacklo_ps(r[0], r[1]);
@@ -162,9 +191,9 @@ unsafe fn transpose_f32_avx(
 /// As [`transpose_f32_avx`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn transpose_f64_avx(
+unsafe fn transpose_f64_avx<C: ColumnStarts>(
     src: *const f64,
-    ss: usize,
+    at: C,
     rows: usize,
     cols: usize,
     dst: *mut f64,
@@ -175,7 +204,7 @@ unsafe fn transpose_f64_avx(
         for i0 in (0..rows).step_by(4) {
             // SAFETY: column j0 + j, elements i0 .. i0 + 4, inside the caller's bounds.
             let r: [__m256d; 4] =
-                std::array::from_fn(|j| unsafe { _mm256_loadu_pd(src.add((j0 + j) * ss + i0)) });
+                std::array::from_fn(|j| unsafe { _mm256_loadu_pd(src.add(at.start(j0 + j) + i0)) });
             let t0 = _mm256_unpacklo_pd(r[0], r[1]);
             let t1 = _mm256_unpackhi_pd(r[0], r[1]);
             let t2 = _mm256_unpacklo_pd(r[2], r[3]);
@@ -212,7 +241,7 @@ mod tests {
                     let (ss, ds) = (rows + 3, cols + 5);
                     let src: Vec<f32> = (0..ss * cols.max(1)).map(|v| v as f32).collect();
                     let mut dst = vec![-1.0f32; ds * rows.max(1)];
-                    transpose(isa, &src, ss, rows, cols, &mut dst, ds);
+                    transpose(isa, &src, Strided(ss), rows, cols, &mut dst, ds);
                     for i in 0..rows.max(1) {
                         for j in 0..ds {
                             let want = if i < rows && j < cols {
@@ -225,7 +254,7 @@ mod tests {
                     }
                     let src: Vec<f64> = src.iter().map(|&v| v as f64).collect();
                     let mut dst = vec![-1.0f64; ds * rows.max(1)];
-                    transpose(isa, &src, ss, rows, cols, &mut dst, ds);
+                    transpose(isa, &src, Strided(ss), rows, cols, &mut dst, ds);
                     for i in 0..rows {
                         for j in 0..cols {
                             assert_eq!(dst[i * ds + j], src[j * ss + i]);

@@ -12,16 +12,21 @@
 //! The partials are then summed in chunk order. So every result is bit-identical whatever
 //! rayon pool runs the call.
 //!
-//! Per tile, im2col fills a column tile and one GEMM adds `col · dyᵀ` into the partial
-//! `dWᵀ`. Both operands run along the pixels, the reduction: the blocked GEMM packs them
-//! with in-register block transposes ([`blocked::transpose`](crate::blocked::transpose)).
+//! On the blocked GEMM with moderate padding, each task copies its channels of an image
+//! into padded planes and one GEMM per image and group adds `dy · colᵀ` into its partial
+//! `dW`, packing `colᵀ` straight from the planes ([`PaddedIm2colTB`]): no column matrix.
+//! Otherwise, per pixel tile, im2col fills a column tile and one GEMM adds `col · dyᵀ`
+//! into the partial `dWᵀ`. Either way both operands run along the pixels, the reduction:
+//! the blocked GEMM packs them with in-register block transposes
+//! ([`blocked::transpose`](crate::blocked::transpose)).
 //!
 //! Layers with few taps (`C·R·S ≤ 32`, stride 1) skip all this: their gradient is a few
 //! hundred dot products, computed directly by [`small_filter`](super::small_filter).
 
+use crate::blocked::{StridedA, gemm_packed};
 use crate::element::Element;
-use crate::gemm::{MatMut, MatRef, gemm};
-use crate::im2col::{PlaneLayout, im2col, split_phases};
+use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
+use crate::im2col::{PaddedIm2colTB, PaddedLayout, PlaneLayout, im2col, pad_planes, split_phases};
 use crate::parallel::*;
 use crate::scratch::{Slot, take, take_from};
 use crate::shape::ConvGeometry;
@@ -68,9 +73,20 @@ fn split(geo: &ConvGeometry, elem_size: usize) -> Split {
 }
 
 /// Elements of the column buffer each task allocates.
+/// The padded layout the blocked GEMM packs `colᵀ` from ([`PaddedIm2colTB`]): whenever
+/// it is the engine, the layer needs im2col and the padding is moderate. Then no column
+/// tile exists; each task holds its channels' padded planes.
+fn padded_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
+    if use_blocked() && !geo.is_pointwise() {
+        PaddedLayout::new(geo)
+    } else {
+        None
+    }
+}
+
 pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
     let s = split(geo, elem_size);
-    if geo.is_pointwise() {
+    if geo.is_pointwise() || padded_layout(geo).is_some() {
         0
     } else {
         s.block_channels * geo.taps * s.tile
@@ -79,6 +95,9 @@ pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
 
 /// Elements of the phase-split copy of one block's channels (0 when dense).
 pub(crate) fn phased_len(geo: &ConvGeometry, elem_size: usize) -> usize {
+    if let Some(padded) = padded_layout(geo) {
+        return padded.buffer_len(split(geo, elem_size).block_channels);
+    }
     let layout = PlaneLayout::for_lowering(geo);
     if layout.is_dense() {
         0
@@ -110,6 +129,7 @@ pub(crate) fn backward_weights<T: Element>(
     let x_image = geo.in_channels * geo.in_plane;
     let y_image = geo.out_channels * geo.out_plane;
     let layout = PlaneLayout::for_lowering(geo);
+    let padded = padded_layout(geo);
     let col_len = column_buffer_len(geo, size_of::<T>());
     let want_db = db.is_some();
     let chunks: Vec<_> = partition(geo.batch, s.image_chunks).collect();
@@ -145,6 +165,26 @@ pub(crate) fn backward_weights<T: Element>(
                     let dy_n = &dy[n * y_image..][..y_image];
                     for g in 0..geo.groups {
                         let dense = &x_n[(g * cg + c0) * geo.in_plane..][..channels * geo.in_plane];
+                        if let Some(padded) = &padded {
+                            // dW_g (kg × rows) = dy_g (kg × pixels) · colᵀ, colᵀ packed
+                            // straight from padded planes; the first image overwrites.
+                            let planes = &mut phased[..padded.buffer_len(channels)];
+                            pad_planes(geo, padded, dense, planes);
+                            let b = PaddedIm2colTB {
+                                geo,
+                                layout: padded,
+                                planes,
+                                channels,
+                            };
+                            let dy_g = &dy_n[g * kg * geo.out_plane..][..kg * geo.out_plane];
+                            let a =
+                                StridedA(MatRef::row_major(dy_g, kg, geo.out_plane, geo.out_plane));
+                            let dw_g = &mut dw_part[g * kg * rows..][..kg * rows];
+                            let beta = if n == first_image { T::ZERO } else { T::ONE };
+                            let c = MatMut::row_major(dw_g, kg, rows, rows);
+                            gemm_packed(T::ONE, &a, &b, beta, c);
+                            continue;
+                        }
                         let planes: &[T] = if layout.is_dense() {
                             dense
                         } else {

@@ -20,7 +20,7 @@ mod padded;
 
 use std::ops::Range;
 
-pub(crate) use padded::{PaddedIm2colB, PaddedLayout, pad_planes};
+pub(crate) use padded::{PaddedIm2colB, PaddedIm2colTB, PaddedLayout, pad_planes};
 
 use crate::blocked::PackB;
 use crate::element::Element;

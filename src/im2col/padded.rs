@@ -27,8 +27,10 @@
 use std::ops::Range;
 
 use crate::blocked::PackB;
+use crate::blocked::transpose::{Listed, transpose};
 use crate::element::Element;
 use crate::shape::ConvGeometry;
+use crate::simd;
 
 /// Elements copied per step of a run copy; runs are copied in whole chunks (see
 /// [`copy_run`]).
@@ -281,6 +283,88 @@ fn pack_padded_body<T: Element, const FMA: bool>(
     }
 }
 
+/// The transposed column matrix of one group's channels, `colᵀ` (`pixels × C·R·S`), as
+/// the blocked GEMM's B operand, packed from padded planes: the weight gradient's
+/// `dW = dy · colᵀ` with no column matrix in memory.
+///
+/// A B panel row is one pixel across `nr` taps. Within one output row the pixels are
+/// consecutive in every tap's source, so each run of pixels of a panel is a block
+/// transpose of `nr` contiguous source columns, one per tap
+/// ([`transpose`] with [`Listed`] tap offsets).
+pub(crate) struct PaddedIm2colTB<'a, T> {
+    pub geo: &'a ConvGeometry,
+    pub layout: &'a PaddedLayout,
+    /// The padded planes of this operand's channels (and the slack after them).
+    pub planes: &'a [T],
+    /// Channels in `planes` (the column matrix has `channels · R·S` rows).
+    pub channels: usize,
+}
+
+/// Most taps a panel may have on the transposing path (the kernels' `NR` are at most 32);
+/// wider panels go element by element.
+const MAX_PANEL: usize = 64;
+
+impl<T: Element> PackB<T> for PaddedIm2colTB<'_, T> {
+    fn depth(&self) -> usize {
+        self.geo.out_plane
+    }
+
+    fn cols(&self) -> usize {
+        self.channels * self.geo.taps
+    }
+
+    fn pack_b(&self, nr: usize, depth: Range<usize>, cols: Range<usize>, dst: &mut [T]) {
+        let (geo, layout) = (self.geo, self.layout);
+        let kc = depth.len();
+        assert_eq!(
+            dst.len(),
+            cols.len().div_ceil(nr) * nr * kc,
+            "pack_b: wrong destination length"
+        );
+        let out_w = geo.w.output;
+        let tap_offset = |row: usize| {
+            let (c, tap) = (row / geo.taps, row % geo.taps);
+            layout.tap_offset(geo, c, tap / geo.w.kernel, tap % geo.w.kernel)
+        };
+        let isa = simd::isa();
+        let mut offsets = [0usize; MAX_PANEL];
+        for (panel, j0) in dst.chunks_exact_mut(nr * kc).zip(cols.clone().step_by(nr)) {
+            let width = nr.min(cols.end - j0);
+            if width > MAX_PANEL {
+                for (kk, row) in panel.chunks_exact_mut(nr).enumerate() {
+                    let pixel = layout.pixel_offset(geo, depth.start + kk);
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = if j < width {
+                            self.planes[tap_offset(j0 + j) + pixel]
+                        } else {
+                            T::ZERO
+                        };
+                    }
+                }
+                continue;
+            }
+            for (j, o) in offsets[..width].iter_mut().enumerate() {
+                *o = tap_offset(j0 + j);
+            }
+            // Runs of pixels within one output row: consecutive in every tap's source.
+            let mut kk = 0;
+            while kk < kc {
+                let pix = depth.start + kk;
+                let len = (out_w - pix % out_w).min(kc - kk);
+                let src = &self.planes[layout.pixel_offset(geo, pix)..];
+                let rows = &mut panel[kk * nr..];
+                transpose(isa, src, Listed(&offsets[..width]), len, width, rows, nr);
+                kk += len;
+            }
+            if width < nr {
+                for row in panel.chunks_exact_mut(nr) {
+                    row[width..].fill(T::ZERO);
+                }
+            }
+        }
+    }
+}
+
 /// `dst[d..d + len] = src[s..s + len]`, in whole chunks of [`CHUNK`] elements.
 ///
 /// The last chunk may write up to `CHUNK − 1` elements past `d + len`: the packing writes
@@ -404,6 +488,71 @@ mod tests {
                         assert_eq!(
                             got, want,
                             "{spec:?} nr {nr} rows {d0}..{d1} cols {j0}..{j1} pix0 {pix0} panel {p} row {kk} col {j}"
+                        );
+                    }
+                }
+            }
+            checked += 1;
+        }
+    }
+
+    /// The transposed packer, likewise: every packed element is the column-matrix
+    /// element (tap row, pixel) it stands for, over random geometries, panel widths
+    /// (including one past `MAX_PANEL`) and sub-blocks, on the paths this CPU has.
+    #[test]
+    fn packs_the_transposed_column_matrix() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut checked = 0;
+        while checked < 300 {
+            let spec = Conv2dSpec {
+                batch: 2,
+                in_channels: 1 + rng.below(3),
+                in_h: 1 + rng.below(9),
+                in_w: 1 + rng.below(12),
+                out_channels: 1,
+                kernel: [1 + rng.below(4), 1 + rng.below(4)],
+                stride: [1 + rng.below(3), 1 + rng.below(3)],
+                padding: [rng.below(3), rng.below(4)],
+                dilation: [1 + rng.below(2), 1 + rng.below(2)],
+                groups: 1,
+            };
+            let Ok(geo) = ConvGeometry::new(&spec) else {
+                continue;
+            };
+            let layout = PaddedLayout::new(&geo).expect("moderate padding");
+            let x: Vec<f64> = (0..geo.in_channels * geo.in_plane)
+                .map(|i| 1.0 + i as f64)
+                .collect();
+            let mut planes = vec![f64::NAN; layout.buffer_len(geo.in_channels)];
+            pad_planes(&geo, &layout, &x, &mut planes);
+            let b = PaddedIm2colTB {
+                geo: &geo,
+                layout: &layout,
+                planes: &planes,
+                channels: geo.in_channels,
+            };
+            let (pixels, taps) = (PackB::<f64>::depth(&b), PackB::<f64>::cols(&b));
+            let nr = [1, 4, 8, 16, 32, MAX_PANEL + 3][rng.below(6)];
+            let d0 = rng.below(pixels);
+            let d1 = d0 + 1 + rng.below(pixels - d0);
+            let j0 = rng.below(taps);
+            let j1 = j0 + 1 + rng.below(taps - j0);
+            let (kc, panels) = (d1 - d0, (j1 - j0).div_ceil(nr));
+            let mut dst = vec![f64::NAN; panels * nr * kc];
+            b.pack_b(nr, d0..d1, j0..j1, &mut dst);
+            for p in 0..panels {
+                for kk in 0..kc {
+                    for j in 0..nr {
+                        let tap = j0 + p * nr + j;
+                        let want = if tap < j1 {
+                            column(&geo, &x, 0, tap, d0 + kk)
+                        } else {
+                            0.0
+                        };
+                        let got = dst[(p * kc + kk) * nr + j];
+                        assert_eq!(
+                            got, want,
+                            "{spec:?} nr {nr} pixels {d0}..{d1} taps {j0}..{j1} panel {p} row {kk} col {j}"
                         );
                     }
                 }
