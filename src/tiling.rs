@@ -29,13 +29,27 @@ pub(crate) const PARTIALS_BOUND_FACTOR: usize = 32;
 /// Pixels per tile for a column matrix with `rows` rows of `elem_size`-byte elements over
 /// a plane of `total` pixels, split into at least `min_tiles` tiles where the plane allows
 /// it. Tiles are balanced: all but the last have the returned length.
+///
+/// When the plane takes several tiles, their length is rounded up to a multiple of
+/// [`TILE_MULTIPLE`] pixels (the column buffer may exceed the budget by less than that
+/// many columns): every GEMM panel of a tile is then full, where a balanced 196-pixel
+/// tile ends in a 32-wide panel with 4 valid columns.
 pub(crate) fn tile_len(rows: usize, elem_size: usize, total: usize, min_tiles: usize) -> usize {
     let by_budget = (COL_TILE_BYTES / (rows.max(1) * elem_size)).max(MIN_TILE_PIXELS);
     let by_split = total.div_ceil(min_tiles.max(1)).max(MIN_TILE_PIXELS);
     let len = by_budget.min(by_split).clamp(1, total.max(1));
     let count = total.div_ceil(len);
-    total.div_ceil(count.max(1)).max(1)
+    let balanced = total.div_ceil(count.max(1)).max(1);
+    if balanced < total {
+        balanced.next_multiple_of(TILE_MULTIPLE).min(total)
+    } else {
+        balanced
+    }
 }
+
+/// Tile lengths are multiples of this when a plane takes several tiles: the widest GEMM
+/// panel (`NR` = 32 f32 columns on AVX-512; the other kernels' `NR` divide it).
+const TILE_MULTIPLE: usize = 32;
 
 /// The tiles `(pix0, len)` covering `0..total` with tiles of `tile` pixels.
 pub(crate) fn tiles(total: usize, tile: usize) -> impl Iterator<Item = (usize, usize)> + Clone {
