@@ -143,9 +143,20 @@ pub(crate) fn pad_planes<T: Element>(
                     mid.copy_from_slice(src);
                     right.fill(T::ZERO);
                 } else {
-                    for (i, d) in to.iter_mut().enumerate() {
-                        let iw = (i * layout.modulus + phase).checked_sub(pw);
-                        *d = iw.and_then(|iw| src.get(iw)).copied().unwrap_or(T::ZERO);
+                    // Element i holds padded column i·m + phase, image column
+                    // iw = i·m + phase − pw: inside the image for i in lo..hi.
+                    let m = layout.modulus;
+                    let lo = pw.saturating_sub(phase).div_ceil(m).min(to.len());
+                    let hi = (w + pw).saturating_sub(phase).div_ceil(m).clamp(lo, to.len());
+                    let (left, rest) = to.split_at_mut(lo);
+                    let (mid, right) = rest.split_at_mut(hi - lo);
+                    left.fill(T::ZERO);
+                    right.fill(T::ZERO);
+                    if !mid.is_empty() {
+                        let first = lo * m + phase - pw;
+                        for (d, s) in mid.iter_mut().zip(src[first..].iter().step_by(m)) {
+                            *d = *s;
+                        }
                     }
                 }
             }
