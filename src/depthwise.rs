@@ -484,7 +484,7 @@ fn dot_flat_body<T: Element, const FMA: bool>(
             for (j, (x, y)) in a[full..].iter().zip(&b[i][full..]).enumerate() {
                 lanes[i][j] = madd::<T, FMA>(*x, *y, lanes[i][j]);
             }
-            *o += reduce_lanes(&lanes[i]);
+            *o += crate::simd::sum(&lanes[i]);
         }
     }
 }
@@ -522,17 +522,3 @@ fn dot_strided<T: Element>(
     }
 }
 
-/// Pairwise sum of the lanes, in a fixed order.
-#[inline(always)]
-fn reduce_lanes<T: Element>(lanes: &[T; LANES]) -> T {
-    let mut v = *lanes;
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for j in 0..width {
-            let upper = v[j + width];
-            v[j] += upper;
-        }
-    }
-    v[0]
-}

@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{Kernel, simd_kernel};
+use super::kernel::{Kernel, simd_kernel, simd_kernel_methods};
 
 /// The AVX2 + FMA kernels.
 pub struct Avx2;
@@ -58,38 +58,7 @@ impl Kernel<f32> for Avx2 {
     /// B block `256 × 512 × 4 B` = 512 KiB (half of L2).
     const NC: usize = 512;
 
-    #[inline(always)]
-    unsafe fn kernel(
-        k: usize,
-        alpha: f32,
-        a: *const f32,
-        b: *const f32,
-        beta: f32,
-        c: *mut f32,
-        rsc: isize,
-    ) {
-        // SAFETY: the caller upholds `Kernel::kernel`'s contract, which includes that the
-        // CPU has AVX2 and FMA.
-        unsafe { kernel_f32::<2>(k, alpha, a, b, beta, c, rsc) }
-    }
-
-    /// One vector: 8 columns.
-    const NR_NARROW: usize = 8;
-
-    #[inline(always)]
-    unsafe fn kernel_narrow(
-        k: usize,
-        alpha: f32,
-        a: *const f32,
-        b: *const f32,
-        beta: f32,
-        c: *mut f32,
-        rsc: isize,
-    ) {
-        // SAFETY: as `kernel`; the narrow instance touches only the first vector of each
-        // row of the tile.
-        unsafe { kernel_f32::<1>(k, alpha, a, b, beta, c, rsc) }
-    }
+    simd_kernel_methods!(f32, kernel_f32, 8, "AVX2");
 }
 
 impl Kernel<f64> for Avx2 {
@@ -102,36 +71,5 @@ impl Kernel<f64> for Avx2 {
     /// B block `256 × 256 × 8 B` = 512 KiB (half of L2).
     const NC: usize = 256;
 
-    #[inline(always)]
-    unsafe fn kernel(
-        k: usize,
-        alpha: f64,
-        a: *const f64,
-        b: *const f64,
-        beta: f64,
-        c: *mut f64,
-        rsc: isize,
-    ) {
-        // SAFETY: the caller upholds `Kernel::kernel`'s contract, which includes that the
-        // CPU has AVX2 and FMA.
-        unsafe { kernel_f64::<2>(k, alpha, a, b, beta, c, rsc) }
-    }
-
-    /// One vector: 4 columns.
-    const NR_NARROW: usize = 4;
-
-    #[inline(always)]
-    unsafe fn kernel_narrow(
-        k: usize,
-        alpha: f64,
-        a: *const f64,
-        b: *const f64,
-        beta: f64,
-        c: *mut f64,
-        rsc: isize,
-    ) {
-        // SAFETY: as `kernel`; the narrow instance touches only the first vector of each
-        // row of the tile.
-        unsafe { kernel_f64::<1>(k, alpha, a, b, beta, c, rsc) }
-    }
+    simd_kernel_methods!(f64, kernel_f64, 4, "AVX2");
 }

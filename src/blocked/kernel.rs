@@ -234,3 +234,47 @@ macro_rules! simd_kernel {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) use simd_kernel;
+
+/// The `kernel` / `kernel_narrow` methods of a [`Kernel`] impl backed by a
+/// [`simd_kernel!`] function `$f` (two vectors wide; the narrow form is one vector of
+/// `$lanes` columns). `$isa` names the CPU feature the caller's contract guarantees.
+#[cfg(target_arch = "x86_64")]
+macro_rules! simd_kernel_methods {
+    ($t:ty, $f:ident, $lanes:literal, $isa:literal) => {
+        #[inline(always)]
+        unsafe fn kernel(
+            k: usize,
+            alpha: $t,
+            a: *const $t,
+            b: *const $t,
+            beta: $t,
+            c: *mut $t,
+            rsc: isize,
+        ) {
+            // SAFETY: the caller upholds `Kernel::kernel`'s contract, which includes that
+            // the CPU has the kernel's features.
+            unsafe { $f::<2>(k, alpha, a, b, beta, c, rsc) }
+        }
+
+        #[doc = concat!("One ", $isa, " vector: ", stringify!($lanes), " columns.")]
+        const NR_NARROW: usize = $lanes;
+
+        #[inline(always)]
+        unsafe fn kernel_narrow(
+            k: usize,
+            alpha: $t,
+            a: *const $t,
+            b: *const $t,
+            beta: $t,
+            c: *mut $t,
+            rsc: isize,
+        ) {
+            // SAFETY: as `kernel`; the narrow instance touches only the first vector of
+            // each row of the tile.
+            unsafe { $f::<1>(k, alpha, a, b, beta, c, rsc) }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use simd_kernel_methods;

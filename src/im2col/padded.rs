@@ -147,7 +147,10 @@ pub(crate) fn pad_planes<T: Element>(
                     // iw = i·m + phase − pw: inside the image for i in lo..hi.
                     let m = layout.modulus;
                     let lo = pw.saturating_sub(phase).div_ceil(m).min(to.len());
-                    let hi = (w + pw).saturating_sub(phase).div_ceil(m).clamp(lo, to.len());
+                    let hi = (w + pw)
+                        .saturating_sub(phase)
+                        .div_ceil(m)
+                        .clamp(lo, to.len());
                     let (left, rest) = to.split_at_mut(lo);
                     let (mid, right) = rest.split_at_mut(hi - lo);
                     left.fill(T::ZERO);
@@ -417,6 +420,45 @@ mod tests {
         }
     }
 
+    /// A random small layer (valid, moderate padding) with `groups` groups, its padded
+    /// layout, an input image of distinct values and that image in the layout.
+    struct Case {
+        spec: Conv2dSpec,
+        geo: ConvGeometry,
+        layout: PaddedLayout,
+        x: Vec<f64>,
+        planes: Vec<f64>,
+    }
+
+    fn random_case(rng: &mut Rng, groups: usize) -> Option<Case> {
+        let spec = Conv2dSpec {
+            batch: 2,
+            in_channels: groups * (1 + rng.below(3)),
+            in_h: 1 + rng.below(9),
+            in_w: 1 + rng.below(12),
+            out_channels: groups,
+            kernel: [1 + rng.below(4), 1 + rng.below(4)],
+            stride: [1 + rng.below(3), 1 + rng.below(3)],
+            padding: [rng.below(3), rng.below(4)],
+            dilation: [1 + rng.below(2), 1 + rng.below(2)],
+            groups,
+        };
+        let geo = ConvGeometry::new(&spec).ok()?;
+        let layout = PaddedLayout::new(&geo).expect("moderate padding");
+        let x: Vec<f64> = (0..geo.in_channels * geo.in_plane)
+            .map(|i| 1.0 + i as f64)
+            .collect();
+        let mut planes = vec![f64::NAN; layout.buffer_len(geo.in_channels)];
+        pad_planes(&geo, &layout, &x, &mut planes);
+        Some(Case {
+            spec,
+            geo,
+            layout,
+            x,
+            planes,
+        })
+    }
+
     /// Column-matrix element `(row, pix)` of group channels `c0..`, straight from the
     /// definition (zero in the padding).
     fn column(geo: &ConvGeometry, x: &[f64], c0: usize, row: usize, pix: usize) -> f64 {
@@ -443,27 +485,16 @@ mod tests {
         let mut checked = 0;
         while checked < 300 {
             let groups = 1 + rng.below(2);
-            let spec = Conv2dSpec {
-                batch: 2,
-                in_channels: groups * (1 + rng.below(3)),
-                in_h: 1 + rng.below(9),
-                in_w: 1 + rng.below(12),
-                out_channels: groups,
-                kernel: [1 + rng.below(4), 1 + rng.below(4)],
-                stride: [1 + rng.below(3), 1 + rng.below(3)],
-                padding: [rng.below(3), rng.below(4)],
-                dilation: [1 + rng.below(2), 1 + rng.below(2)],
-                groups,
-            };
-            let Ok(geo) = ConvGeometry::new(&spec) else {
+            let Some(Case {
+                spec,
+                geo,
+                layout,
+                x,
+                planes,
+            }) = random_case(&mut rng, groups)
+            else {
                 continue;
             };
-            let layout = PaddedLayout::new(&geo).expect("moderate padding");
-            let x: Vec<f64> = (0..geo.in_channels * geo.in_plane)
-                .map(|i| 1.0 + i as f64)
-                .collect();
-            let mut planes = vec![f64::NAN; layout.buffer_len(geo.in_channels)];
-            pad_planes(&geo, &layout, &x, &mut planes);
             let cg = geo.channels_per_group;
             let g = rng.below(groups);
             let pix0 = rng.below(geo.out_plane);
@@ -515,27 +546,16 @@ mod tests {
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         let mut checked = 0;
         while checked < 300 {
-            let spec = Conv2dSpec {
-                batch: 2,
-                in_channels: 1 + rng.below(3),
-                in_h: 1 + rng.below(9),
-                in_w: 1 + rng.below(12),
-                out_channels: 1,
-                kernel: [1 + rng.below(4), 1 + rng.below(4)],
-                stride: [1 + rng.below(3), 1 + rng.below(3)],
-                padding: [rng.below(3), rng.below(4)],
-                dilation: [1 + rng.below(2), 1 + rng.below(2)],
-                groups: 1,
-            };
-            let Ok(geo) = ConvGeometry::new(&spec) else {
+            let Some(Case {
+                spec,
+                geo,
+                layout,
+                x,
+                planes,
+            }) = random_case(&mut rng, 1)
+            else {
                 continue;
             };
-            let layout = PaddedLayout::new(&geo).expect("moderate padding");
-            let x: Vec<f64> = (0..geo.in_channels * geo.in_plane)
-                .map(|i| 1.0 + i as f64)
-                .collect();
-            let mut planes = vec![f64::NAN; layout.buffer_len(geo.in_channels)];
-            pad_planes(&geo, &layout, &x, &mut planes);
             let b = PaddedIm2colTB {
                 geo: &geo,
                 layout: &layout,
