@@ -521,4 +521,3 @@ fn dot_strided<T: Element>(
         *o += acc;
     }
 }
-
