@@ -37,8 +37,9 @@ pub enum Pass {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Workspace {
     /// Bytes of scratch each worker task holds: the im2col / col2im tile (about 1 MiB; 0
-    /// for pointwise layers) plus, for strided layers, a phase-split copy of the image's
-    /// (or channel block's) input planes. Each thread keeps its buffer for the next call.
+    /// for pointwise layers and where im2col is fused into the GEMM's packing) plus a
+    /// zero-padded or phase-split copy of the image's (or channel block's) input planes
+    /// where the pass uses one. Each thread keeps its buffer for the next call.
     pub column_bytes_per_task: usize,
     /// Bytes of the weight-gradient partial sums ([`Pass::BackwardWeights`] only): one
     /// `dw` plus `db` per image chunk, at most 4.
@@ -55,11 +56,12 @@ pub struct Workspace {
 /// `Conv2d` is `Send + Sync` and cheap to share (a few dozen words, no buffers). Each call
 /// checks only the lengths of the buffers it is given; everything else was validated by
 /// [`Conv2d::new`]. Calls run in the caller's rayon pool (the global one unless the caller
-/// installs another) and allocate only bounded per-task column buffers: at most about
-/// 1 MiB of column tile per task (2 for [`Conv2d::backward_weights`], which also
-/// transposes it), plus, held by the calling thread, up to 4 weight-sized partial sums for
-/// the weight gradient or one packed copy of the weights for the other passes (see
-/// [`Conv2d::workspace`]). Results are bit-identical whatever the number of threads.
+/// installs another) and allocate only bounded per-task buffers: about 1 MiB of column
+/// tile, or a zero-padded copy of one image's input planes (of a channel block's, for the
+/// weight gradient), per task, plus, held by the calling thread, up to 4 weight-sized
+/// partial sums for the weight gradient or one packed copy of the weights for the other
+/// passes (see [`Conv2d::workspace`]). Results are bit-identical whatever the number of
+/// threads.
 ///
 /// ```
 /// use convgemm::{Conv2d, Conv2dSpec};
