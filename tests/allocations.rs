@@ -105,12 +105,24 @@ fn warm_calls_allocate_no_scratch() {
                 for _ in 0..4 {
                     run(pass);
                 }
-                let before = BYTES.load(Ordering::Relaxed);
-                run(pass);
-                let bytes = BYTES.load(Ordering::Relaxed) - before;
+                // A thread that ran no task during the warm-up allocates its buffers on
+                // its first task, once; an allocation per call would show in every call.
+                // So of CALLS warm calls, at most one per pool thread may exceed BOUND.
+                const CALLS: usize = 8;
+                let mut over = Vec::new();
+                for _ in 0..CALLS {
+                    let before = BYTES.load(Ordering::Relaxed);
+                    run(pass);
+                    let bytes = BYTES.load(Ordering::Relaxed) - before;
+                    if bytes > BOUND {
+                        over.push(bytes);
+                    }
+                }
                 assert!(
-                    bytes <= BOUND,
-                    "{name}, pass {pass}: a warm call allocated {bytes} bytes (bound {BOUND})"
+                    over.len() <= pool.current_num_threads(),
+                    "{name}, pass {pass}: {} of {CALLS} warm calls allocated more than \
+                     {BOUND} bytes: {over:?}",
+                    over.len()
                 );
             }
         });
