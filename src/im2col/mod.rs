@@ -15,6 +15,11 @@
 //! summing the overlapping windows. Both walk each row as contiguous runs of one output
 //! row: padding is filled by ranges, stride-1 runs are slice copies / vector adds, and
 //! there are no per-element bounds checks in the inner loop.
+//!
+//! With the crate's blocked GEMM the column matrix is never stored: the forward and the
+//! weight gradient pack the GEMM's panels straight from the image ([`Im2colB`], and the
+//! zero-padded layout of [`padded`]), and only the input delta (and the matrixmultiply
+//! path) still builds column tiles.
 
 mod padded;
 

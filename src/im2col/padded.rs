@@ -19,6 +19,9 @@
 //! once per panel and each row is a few fixed-width vector copies, with no bounds or
 //! padding logic in the inner loop. (The unpadded [`Im2colB`](super::Im2colB) clamps
 //! every run against the image border instead, and copies each row twice.)
+//! [`PaddedIm2colTB`] packs the transposed matrix `colᵀ` for the weight gradient from
+//! the same layout: there a panel row is one pixel across taps, and each run of pixels
+//! is a block transpose of the taps' contiguous sources.
 //!
 //! Copying an image into this layout is one pass over it, against `R·S` reads of every
 //! element by the packing; it is used when the padding is moderate (see
