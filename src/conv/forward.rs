@@ -35,8 +35,10 @@ use crate::tiling::{aligned_zeros, tile_len, tiles};
 
 /// A single image's output channels (per group) are split into at most this many blocks.
 ///
-/// Each block repacks the column tile, so more blocks cost packing work; four keep two
-/// cores busy (and four) while that cost stays a few percent of the GEMM.
+/// Each block packs the column matrix (or its tile) itself, so more blocks cost packing
+/// work. The column-tile path always uses four, which keeps two cores busy (and four)
+/// while that cost stays a few percent of the GEMM; the padded path uses one per thread,
+/// up to four.
 const SINGLE_IMAGE_FILTER_BLOCKS: usize = 4;
 
 /// A single image's channels (per group) are split into at most this many im2col blocks.
