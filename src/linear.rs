@@ -10,8 +10,8 @@
 //! | weight gradient | `dW = dyᵀ · x`, `db = Σ_n dy[n, ·]` |
 //!
 //! Transposes are strides handed to the GEMM, never copies. Every call runs on the calling
-//! thread (matrixmultiply's cache-blocked kernel), so results do not depend on any rayon
-//! pool.
+//! thread (the crate's cache-blocked GEMM, or matrixmultiply's on the portable path), so
+//! results do not depend on any rayon pool.
 
 use crate::element::Element;
 use crate::error::{ConvError, check_len};

@@ -10,16 +10,19 @@
 //!   matrix exists (the GEMM's own `KC × NC` blocking bounds the packed panels);
 //! - blocked GEMM, batched, huge padding: panels packed from the unpadded image
 //!   ([`Im2colB`]), clamping every run at the border;
-//! - otherwise (matrixmultiply, or a single image): im2col fills a bounded column tile;
+//! - blocked GEMM, a single image, moderate padding: the same padded planes, and one block
+//!   of output channels per thread, each GEMM packing its own panels from them;
+//! - otherwise (matrixmultiply, or a single image with huge padding): im2col fills a
+//!   bounded column tile;
 //!   strided layers first split each image into column phases ([`PlaneLayout`]) so
 //!   im2col copies contiguous runs.
 //!
 //! A pointwise layer (1×1, stride 1, no padding) skips im2col: the input planes are the
 //! column matrix.
 //!
-//! Parallelism: over images when `N ≥ 2`. A single image builds each column tile once
-//! (in parallel over channel blocks) and then runs the GEMM in parallel over blocks of
-//! output channels, whose rows of `y` are disjoint.
+//! Parallelism: over images when `N ≥ 2`. A single image runs the GEMM in parallel over
+//! blocks of output channels, whose rows of `y` are disjoint (on the column-tile path it
+//! first builds each tile once, in parallel over channel blocks).
 
 use crate::activation::{Activation, apply_in_place};
 use crate::blocked::{PrepackedA, StridedA, StridedB, gemm_packed, prepacked_len};
