@@ -165,7 +165,7 @@ fn forward_padded<T: Element>(
 ) {
     let x_image = geo.in_channels * geo.in_plane;
     let y_image = geo.out_channels * geo.out_plane;
-    let (cg, kg) = (geo.channels_per_group, geo.filters_per_group);
+    let kg = geo.filters_per_group;
     let w_mat = weight_matrix(geo, w);
     let packed = prepack(geo, &w_mat);
     y.par_chunks_exact_mut(y_image)
@@ -175,15 +175,7 @@ fn forward_padded<T: Element>(
             |planes, (y_n, x_n)| {
                 pad_planes(geo, padded, x_n, planes);
                 for g in 0..geo.groups {
-                    let b = Columns::Padded(PaddedIm2colB {
-                        geo,
-                        layout: padded,
-                        planes,
-                        channel0: g * cg,
-                        channels: cg,
-                        pix0: 0,
-                        len: geo.out_plane,
-                    });
+                    let b = Columns::Padded(PaddedIm2colB::group(geo, padded, planes, g));
                     let y_g = &mut y_n[g * kg * geo.out_plane..][..kg * geo.out_plane];
                     let (packed, out) = (packed.as_ref(), geo.out_plane);
                     gemm_rows(geo, w, packed, b, bias, act, g * kg, kg, y_g, 0, out);
@@ -317,7 +309,7 @@ fn forward_single_padded<T: Element>(
     act: Activation,
     y: &mut [T],
 ) {
-    let (cg, kg) = (geo.channels_per_group, geo.filters_per_group);
+    let kg = geo.filters_per_group;
     let mut planes = take::<T>(padded.buffer_len(geo.in_channels));
     pad_planes(geo, padded, x, &mut planes);
     let blocks = threads().clamp(1, SINGLE_IMAGE_FILTER_BLOCKS);
@@ -328,15 +320,7 @@ fn forward_single_padded<T: Element>(
             .enumerate()
             .for_each(|(i, y_block)| {
                 let rows = y_block.len() / geo.out_plane;
-                let b = Columns::Padded(PaddedIm2colB {
-                    geo,
-                    layout: padded,
-                    planes: &planes,
-                    channel0: g * cg,
-                    channels: cg,
-                    pix0: 0,
-                    len: geo.out_plane,
-                });
+                let b = Columns::Padded(PaddedIm2colB::group(geo, padded, &planes, g));
                 let k0 = g * kg + i * filter_block;
                 gemm_rows(
                     geo,

@@ -188,6 +188,27 @@ pub(crate) struct PaddedIm2colB<'a, T> {
     pub len: usize,
 }
 
+impl<'a, T> PaddedIm2colB<'a, T> {
+    /// Group `g`'s column matrix over the whole output plane.
+    pub(crate) fn group(
+        geo: &'a ConvGeometry,
+        layout: &'a PaddedLayout,
+        planes: &'a [T],
+        g: usize,
+    ) -> Self {
+        let cg = geo.channels_per_group;
+        PaddedIm2colB {
+            geo,
+            layout,
+            planes,
+            channel0: g * cg,
+            channels: cg,
+            pix0: 0,
+            len: geo.out_plane,
+        }
+    }
+}
+
 /// One contiguous run of a panel row: `len` elements at column `at` of the row, read from
 /// `pixel_offset` past the row's tap offset.
 #[derive(Clone, Copy, Default)]
@@ -478,6 +499,38 @@ mod tests {
         }
     }
 
+    /// Packs `depth × cols` of `b` in `nr`-wide panels into a NaN-filled buffer and checks
+    /// every element: `want(row, col)` inside `cols`, zero in the padding columns.
+    fn check_packed(
+        b: &impl PackB<f64>,
+        nr: usize,
+        depth: Range<usize>,
+        cols: Range<usize>,
+        want: impl Fn(usize, usize) -> f64,
+        what: &str,
+    ) {
+        let (kc, panels) = (depth.len(), cols.len().div_ceil(nr));
+        let mut dst = vec![f64::NAN; panels * nr * kc];
+        b.pack_b(nr, depth.clone(), cols.clone(), &mut dst);
+        for p in 0..panels {
+            for kk in 0..kc {
+                for j in 0..nr {
+                    let col = cols.start + p * nr + j;
+                    let expected = if col < cols.end {
+                        want(depth.start + kk, col)
+                    } else {
+                        0.0
+                    };
+                    let got = dst[(p * kc + kk) * nr + j];
+                    assert_eq!(
+                        got, expected,
+                        "{what} nr {nr} rows {depth:?} cols {cols:?} panel {p} row {kk} col {j}"
+                    );
+                }
+            }
+        }
+    }
+
     /// Every packed element, over random geometries, groups, panel widths (including
     /// one wider than `MAX_RUNS`, the element-by-element path) and sub-blocks, equals the
     /// column-matrix element it stands for; padding columns are zero; stale data in the
@@ -517,26 +570,9 @@ mod tests {
             let d1 = d0 + 1 + rng.below(depth - d0);
             let j0 = rng.below(len);
             let j1 = j0 + 1 + rng.below(len - j0);
-            let (kc, panels) = (d1 - d0, (j1 - j0).div_ceil(nr));
-            let mut dst = vec![f64::NAN; panels * nr * kc];
-            b.pack_b(nr, d0..d1, j0..j1, &mut dst);
-            for p in 0..panels {
-                for kk in 0..kc {
-                    for j in 0..nr {
-                        let col = j0 + p * nr + j;
-                        let want = if col < j1 {
-                            column(&geo, &x, g * cg, d0 + kk, pix0 + col)
-                        } else {
-                            0.0
-                        };
-                        let got = dst[(p * kc + kk) * nr + j];
-                        assert_eq!(
-                            got, want,
-                            "{spec:?} nr {nr} rows {d0}..{d1} cols {j0}..{j1} pix0 {pix0} panel {p} row {kk} col {j}"
-                        );
-                    }
-                }
-            }
+            let want = |row: usize, col: usize| column(&geo, &x, g * cg, row, pix0 + col);
+            let what = format!("{spec:?} pix0 {pix0}");
+            check_packed(&b, nr, d0..d1, j0..j1, want, &what);
             checked += 1;
         }
     }
@@ -571,26 +607,8 @@ mod tests {
             let d1 = d0 + 1 + rng.below(pixels - d0);
             let j0 = rng.below(taps);
             let j1 = j0 + 1 + rng.below(taps - j0);
-            let (kc, panels) = (d1 - d0, (j1 - j0).div_ceil(nr));
-            let mut dst = vec![f64::NAN; panels * nr * kc];
-            b.pack_b(nr, d0..d1, j0..j1, &mut dst);
-            for p in 0..panels {
-                for kk in 0..kc {
-                    for j in 0..nr {
-                        let tap = j0 + p * nr + j;
-                        let want = if tap < j1 {
-                            column(&geo, &x, 0, tap, d0 + kk)
-                        } else {
-                            0.0
-                        };
-                        let got = dst[(p * kc + kk) * nr + j];
-                        assert_eq!(
-                            got, want,
-                            "{spec:?} nr {nr} pixels {d0}..{d1} taps {j0}..{j1} panel {p} row {kk} col {j}"
-                        );
-                    }
-                }
-            }
+            let want = |pixel: usize, tap: usize| column(&geo, &x, 0, tap, pixel);
+            check_packed(&b, nr, d0..d1, j0..j1, want, &format!("{spec:?}"));
             checked += 1;
         }
     }
