@@ -16,8 +16,8 @@
 //! consecutive, so a B panel row (`nr` pixels) is one or a few contiguous runs whose
 //! source offsets are the same for every row `(c, r, s)` of the panel, up to the tap
 //! offset. [`PaddedIm2colB`] packs the GEMM's B panels that way: the runs are computed
-//! once per panel and each row is a few fixed-width vector copies, with no bounds or
-//! padding logic in the inner loop. (The unpadded [`Im2colB`](super::Im2colB) clamps
+//! once per panel, the tap offsets once per call, and each row of a run is a few
+//! fixed-width vector moves, with no padding logic in the inner loop. (The unpadded [`Im2colB`](super::Im2colB) clamps
 //! every run against the image border instead, and copies each row twice.)
 //! [`PaddedIm2colTB`] packs the transposed matrix `colᵀ` for the weight gradient from
 //! the same layout: there a panel row is one pixel across taps, and each run of pixels
@@ -35,17 +35,8 @@ use crate::element::Element;
 use crate::shape::ConvGeometry;
 use crate::simd;
 
-/// Elements copied per step of a run copy; runs are copied in whole chunks (see
-/// [`copy_run`]).
+/// Elements per move of a run copy ([`copy_exact`]).
 const CHUNK: usize = 16;
-
-/// Zero elements after the last channel, so that a run's last chunk may read past its
-/// end and stay inside the buffer.
-const SLACK: usize = CHUNK;
-
-/// Most runs a panel may have on the fast path; a panel of `nr` columns spans at most
-/// `nr` runs (one per output row when `Q = 1`).
-const MAX_RUNS: usize = 64;
 
 /// Where the padded planes of one image keep each element; see the module doc.
 #[derive(Clone, Copy, Debug)]
@@ -77,9 +68,7 @@ impl PaddedLayout {
         let limit = (geo.in_plane + geo.out_plane)
             .saturating_mul(4)
             .saturating_add(1024);
-        let total = channel_len
-            .checked_mul(geo.in_channels)?
-            .checked_add(SLACK)?;
+        let total = channel_len.checked_mul(geo.in_channels)?;
         let addressable = total
             .checked_mul(size_of::<f64>())
             .is_some_and(|bytes| bytes <= isize::MAX as usize);
@@ -91,9 +80,9 @@ impl PaddedLayout {
         })
     }
 
-    /// Elements of the padded copy of `channels` channels, slack included.
+    /// Elements of the padded copy of `channels` channels.
     pub(crate) fn buffer_len(&self, channels: usize) -> usize {
-        self.channel_len * channels + SLACK
+        self.channel_len * channels
     }
 
     /// Offset of column-matrix row `(c, r, s)`'s pixel `(0, 0)`, relative to channel 0.
@@ -115,7 +104,8 @@ impl PaddedLayout {
 }
 
 /// Copies the dense `H × W` planes of `dense` (whole channels) into `out` in `layout`,
-/// writing every element of `out`: the padding and the slack become zero.
+/// writing every element of `out` (`layout.buffer_len(channels)` long): the padding
+/// becomes zero.
 pub(crate) fn pad_planes<T: Element>(
     geo: &ConvGeometry,
     layout: &PaddedLayout,
@@ -125,11 +115,9 @@ pub(crate) fn pad_planes<T: Element>(
     let (h, w) = (geo.h.input, geo.w.input);
     let (ph, pw) = (geo.h.padding, geo.w.padding);
     let channels = dense.len() / geo.in_plane;
-    let (body, slack) = out.split_at_mut(layout.channel_len * channels);
-    slack.fill(T::ZERO);
     for (plane, dst) in dense
         .chunks_exact(geo.in_plane)
-        .zip(body.chunks_exact_mut(layout.channel_len))
+        .zip(out[..layout.buffer_len(channels)].chunks_exact_mut(layout.channel_len))
     {
         for (phase, phase_dst) in dst.chunks_exact_mut(layout.phase_len).enumerate() {
             for (row, to) in phase_dst.chunks_exact_mut(layout.row_len).enumerate() {
@@ -175,8 +163,7 @@ pub(crate) fn pad_planes<T: Element>(
 pub(crate) struct PaddedIm2colB<'a, T> {
     pub geo: &'a ConvGeometry,
     pub layout: &'a PaddedLayout,
-    /// The whole padded image, slack included (runs may read up to `CHUNK − 1` elements
-    /// past their end).
+    /// The whole padded image.
     pub planes: &'a [T],
     /// First channel of the group.
     pub channel0: usize,
@@ -209,15 +196,6 @@ impl<'a, T> PaddedIm2colB<'a, T> {
     }
 }
 
-/// One contiguous run of a panel row: `len` elements at column `at` of the row, read from
-/// `pixel_offset` past the row's tap offset.
-#[derive(Clone, Copy, Default)]
-struct Run {
-    at: usize,
-    pixel_offset: usize,
-    len: usize,
-}
-
 impl<T: Element> PackB<T> for PaddedIm2colB<'_, T> {
     fn depth(&self) -> usize {
         self.channels * self.geo.taps
@@ -227,9 +205,10 @@ impl<T: Element> PackB<T> for PaddedIm2colB<'_, T> {
         self.len
     }
 
-    /// Panel by panel: the panel's runs are computed once, then each of its `kc` rows is
-    /// those runs copied from the row's tap offset, and its columns past `cols.end` are
-    /// zeroed.
+    /// The rows' tap offsets are computed once per call (stepped, no divisions); then
+    /// panel by panel, run by run (the panel's pixels split at output-row boundaries),
+    /// the run is copied from every row's tap offset with fixed-width moves, and the
+    /// columns past `cols.end` are zeroed.
     fn pack_b(&self, nr: usize, depth: Range<usize>, cols: Range<usize>, dst: &mut [T]) {
         pack_padded(self, nr, depth, cols, dst);
     }
@@ -249,75 +228,125 @@ fn pack_padded_body<T: Element, const FMA: bool>(
     cols: Range<usize>,
     dst: &mut [T],
 ) {
-    {
-        let (geo, layout) = (this.geo, this.layout);
-        let kc = depth.len();
-        assert_eq!(
-            dst.len(),
-            cols.len().div_ceil(nr) * nr * kc,
-            "pack_b: wrong destination length"
-        );
-        let (taps, s_count) = (geo.taps, geo.w.kernel);
-        let out_w = geo.w.output;
-        let mut runs = [Run::default(); MAX_RUNS];
+    let (geo, layout) = (this.geo, this.layout);
+    let kc = depth.len();
+    assert_eq!(
+        dst.len(),
+        cols.len().div_ceil(nr) * nr * kc,
+        "pack_b: wrong destination length"
+    );
+    let out_w = geo.w.output;
+    // The rows' tap offsets, TAP_BLOCK rows at a time: the same for every panel.
+    let mut taps = TapSteps::new(geo, layout, this.channel0, depth.start);
+    let mut tap_block = [0usize; TAP_BLOCK];
+    for kk0 in (0..kc).step_by(TAP_BLOCK) {
+        let rows = TAP_BLOCK.min(kc - kk0);
+        for t in &mut tap_block[..rows] {
+            *t = taps.next();
+        }
+        let tap_block = &tap_block[..rows];
         for (p, j0) in cols.clone().step_by(nr).enumerate() {
             let width = nr.min(cols.end - j0);
-            // The runs of this panel: its pixels split at output-row boundaries.
-            let mut count = 0;
+            let panel = &mut dst[p * nr * kc..][..nr * kc];
+            // The runs of this panel: its pixels split at output-row boundaries, each
+            // copied for every row of the block.
             let mut at = 0;
             while at < width {
                 let pix = this.pix0 + j0 + at;
                 let len = (out_w - pix % out_w).min(width - at);
-                if count == MAX_RUNS {
-                    break;
+                let pixel = layout.pixel_offset(geo, pix);
+                for (kk, &tap) in (kk0..).zip(tap_block) {
+                    copy_exact(
+                        &mut panel[kk * nr + at..][..len],
+                        &this.planes[tap + pixel..][..len],
+                    );
                 }
-                runs[count] = Run {
-                    at,
-                    pixel_offset: layout.pixel_offset(geo, pix),
-                    len,
-                };
-                count += 1;
                 at += len;
             }
-            let fast = at == width;
-            let panel0 = p * nr * kc;
-            // (c, r, s) of the first row, then stepped without divisions.
-            let row0 = depth.start;
-            let c = this.channel0 + row0 / taps;
-            let (mut r, mut s) = ((row0 % taps) / s_count, row0 % s_count);
-            let mut channel_base = c * layout.channel_len;
-            for kk in 0..kc {
-                let tap = channel_base + layout.tap_offset(geo, 0, r, s);
-                let row_start = panel0 + kk * nr;
-                if fast {
-                    for run in &runs[..count] {
-                        copy_run(
-                            dst,
-                            row_start + run.at,
-                            this.planes,
-                            tap + run.pixel_offset,
-                            run.len,
-                        );
-                    }
-                } else {
-                    // More runs than MAX_RUNS (tiny output rows): element by element.
-                    for j in 0..width {
-                        let pix = this.pix0 + j0 + j;
-                        dst[row_start + j] = this.planes[tap + layout.pixel_offset(geo, pix)];
-                    }
-                }
-                dst[row_start + width..row_start + nr].fill(T::ZERO);
-                s += 1;
-                if s == s_count {
-                    s = 0;
-                    r += 1;
-                    if r == geo.h.kernel {
-                        r = 0;
-                        channel_base += layout.channel_len;
-                    }
+            if width < nr {
+                for kk in kk0..kk0 + rows {
+                    panel[kk * nr + width..(kk + 1) * nr].fill(T::ZERO);
                 }
             }
         }
+    }
+}
+
+/// Rows of the B packer's tap-offset table (a stack array; deeper blocks are packed in
+/// several passes over the panels). 256 covers every `KC` of the blocked GEMM in one
+/// pass; the unit tests use 5 so that their small layers take several.
+const TAP_BLOCK: usize = if cfg!(test) { 5 } else { 256 };
+
+/// The tap offsets of consecutive column-matrix rows `(c, r, s)`, stepped without
+/// divisions (a division per row cost as much as the row's copy).
+struct TapSteps {
+    /// Offset of the current channel's `(r, s) = (0, 0)` tap.
+    channel_base: usize,
+    channel_len: usize,
+    /// The current row's `(r, s)` and its offset within the channel, split as
+    /// `r_off + phase·phase_len + col`.
+    r: usize,
+    s: usize,
+    r_off: usize,
+    phase: usize,
+    col: usize,
+    /// Kernel extent and per-step increments.
+    r_count: usize,
+    s_count: usize,
+    r_step: usize,
+    phase_len: usize,
+    modulus: usize,
+    /// `dil_w / stride_w` and `dil_w % stride_w`: one `s` step's column and phase moves.
+    col_step: usize,
+    phase_step: usize,
+}
+
+impl TapSteps {
+    /// Stepping from row `row` of the column matrix of channels `channel0..`.
+    fn new(geo: &ConvGeometry, layout: &PaddedLayout, channel0: usize, row: usize) -> Self {
+        let (r, s) = ((row % geo.taps) / geo.w.kernel, row % geo.w.kernel);
+        let shift = s * geo.w.dilation;
+        TapSteps {
+            channel_base: (channel0 + row / geo.taps) * layout.channel_len,
+            channel_len: layout.channel_len,
+            r,
+            s,
+            r_off: r * geo.h.dilation * layout.row_len,
+            phase: shift % layout.modulus,
+            col: shift / layout.modulus,
+            r_count: geo.h.kernel,
+            s_count: geo.w.kernel,
+            r_step: geo.h.dilation * layout.row_len,
+            phase_len: layout.phase_len,
+            modulus: layout.modulus,
+            col_step: geo.w.dilation / layout.modulus,
+            phase_step: geo.w.dilation % layout.modulus,
+        }
+    }
+
+    /// The current row's tap offset (`PaddedLayout::tap_offset`); moves to the next row.
+    #[inline(always)]
+    fn next(&mut self) -> usize {
+        let offset = self.channel_base + self.r_off + self.phase * self.phase_len + self.col;
+        self.s += 1;
+        if self.s < self.s_count {
+            self.col += self.col_step;
+            self.phase += self.phase_step;
+            if self.phase >= self.modulus {
+                self.phase -= self.modulus;
+                self.col += 1;
+            }
+        } else {
+            (self.s, self.phase, self.col) = (0, 0, 0);
+            self.r += 1;
+            self.r_off += self.r_step;
+            if self.r == self.r_count {
+                self.r = 0;
+                self.r_off = 0;
+                self.channel_base += self.channel_len;
+            }
+        }
+        offset
     }
 }
 
@@ -332,7 +361,7 @@ fn pack_padded_body<T: Element, const FMA: bool>(
 pub(crate) struct PaddedIm2colTB<'a, T> {
     pub geo: &'a ConvGeometry,
     pub layout: &'a PaddedLayout,
-    /// The padded planes of this operand's channels (and the slack after them).
+    /// The padded planes of this operand's channels.
     pub planes: &'a [T],
     /// Channels in `planes` (the column matrix has `channels · R·S` rows).
     pub channels: usize,
@@ -403,28 +432,40 @@ impl<T: Element> PackB<T> for PaddedIm2colTB<'_, T> {
     }
 }
 
-/// `dst[d..d + len] = src[s..s + len]`, in whole chunks of [`CHUNK`] elements.
-///
-/// The last chunk may write up to `CHUNK − 1` elements past `d + len`: the packing writes
-/// rows and runs in ascending order, so those are overwritten later (or zeroed as panel
-/// padding). At the very end of `dst` the copy is exact. It may also read past
-/// `s + len`, which the [`SLACK`] after the padded planes keeps in bounds. Fixed-width
-/// chunks compile to vector moves; a variable-length `copy_from_slice` would be a
-/// `memcpy` call per run.
+/// `dst = src` (equal lengths) with fixed-width moves, never touching anything outside
+/// either slice: whole [`CHUNK`]s and a last chunk that overlaps the one before it, or
+/// two overlapping halves, quarters, ... for short runs. Fixed widths compile to vector
+/// moves; a variable-length `copy_from_slice` would be a `memcpy` call per run.
 #[inline(always)]
-fn copy_run<T: Element>(dst: &mut [T], d: usize, src: &[T], s: usize, len: usize) {
-    let mut i = 0;
-    while i < len {
-        if d + i + CHUNK <= dst.len() {
-            let to: &mut [T; CHUNK] = (&mut dst[d + i..d + i + CHUNK]).try_into().unwrap();
-            let from: &[T; CHUNK] = src[s + i..s + i + CHUNK].try_into().unwrap();
-            *to = *from;
-        } else {
-            let n = len - i;
-            dst[d + i..d + i + n].copy_from_slice(&src[s + i..s + i + n]);
-            return;
+fn copy_exact<T: Copy>(dst: &mut [T], src: &[T]) {
+    #[inline(always)]
+    fn chunk<T: Copy, const W: usize>(dst: &mut [T], src: &[T], at: usize) {
+        let to: &mut [T; W] = (&mut dst[at..at + W]).try_into().unwrap();
+        *to = src[at..at + W].try_into().unwrap();
+    }
+    #[inline(always)]
+    fn pair<T: Copy, const W: usize>(dst: &mut [T], src: &[T]) {
+        let len = dst.len();
+        chunk::<T, W>(dst, src, 0);
+        chunk::<T, W>(dst, src, len - W);
+    }
+    let len = dst.len();
+    assert_eq!(len, src.len());
+    if len >= CHUNK {
+        let mut at = 0;
+        while at + CHUNK < len {
+            chunk::<T, CHUNK>(dst, src, at);
+            at += CHUNK;
         }
-        i += CHUNK;
+        chunk::<T, CHUNK>(dst, src, len - CHUNK);
+    } else if len >= CHUNK / 2 {
+        pair::<T, { CHUNK / 2 }>(dst, src);
+    } else if len >= CHUNK / 4 {
+        pair::<T, { CHUNK / 4 }>(dst, src);
+    } else if len >= 2 {
+        pair::<T, 2>(dst, src);
+    } else if len == 1 {
+        dst[0] = src[0];
     }
 }
 
@@ -532,7 +573,7 @@ mod tests {
     }
 
     /// Every packed element, over random geometries, groups, panel widths (including
-    /// one wider than `MAX_RUNS`, the element-by-element path) and sub-blocks, equals the
+    /// one wider than 64, a panel row of many runs) and sub-blocks, equals the
     /// column-matrix element it stands for; padding columns are zero; stale data in the
     /// destination (NaN) never survives.
     #[test]
@@ -565,7 +606,7 @@ mod tests {
                 len,
             };
             let depth = PackB::<f64>::depth(&b);
-            let nr = [1, 4, 8, 16, 32, MAX_RUNS + 3][rng.below(6)];
+            let nr = [1, 4, 8, 16, 32, 67][rng.below(6)];
             let d0 = rng.below(depth);
             let d1 = d0 + 1 + rng.below(depth - d0);
             let j0 = rng.below(len);
