@@ -2,8 +2,10 @@
 //!
 //! `W_gᵀ` is the weight matrix read with swapped strides (no transpose copy). Per image,
 //! per pixel tile, per group, the GEMM writes a bounded `dcol` tile and col2im
-//! scatter-adds its overlapping windows into the zeroed `dx`. A pointwise layer writes
-//! the GEMM result straight into `dx`.
+//! scatter-adds its overlapping windows into zeroed, zero-padded planes (unclamped
+//! vector adds; the padding absorbs the taps that fall outside the image), whose image
+//! part becomes `dx` at the end. A pointwise layer writes the GEMM result straight into
+//! `dx`.
 //!
 //! Parallelism: over images when `N ≥ 2`; a single image is split into channel blocks,
 //! whose `dx` planes are disjoint.
@@ -13,7 +15,7 @@ use crate::parallel::*;
 use crate::blocked::{PrepackedA, StridedA, StridedB, gemm_packed, prepacked_len};
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
-use crate::im2col::{PlaneLayout, col2im, merge_phases};
+use crate::im2col::{PaddedLayout, PlaneLayout, col2im, col2im_padded, merge_phases, unpad_planes};
 use crate::scratch::take;
 use crate::shape::ConvGeometry;
 use crate::simd;
@@ -47,8 +49,16 @@ pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
     tile_and_buffer(geo, elem_size).1
 }
 
-/// Elements of the phase-split accumulation buffer each task allocates (0 when dense).
+/// Elements of the accumulation buffer each task allocates: padded planes of a block's
+/// channels ([`PaddedLayout`]), else the phase-split planes of a strided layer (0 when
+/// dense, or pointwise: written in place).
 pub(crate) fn phased_len(geo: &ConvGeometry) -> usize {
+    if geo.is_pointwise() {
+        return 0;
+    }
+    if let Some(padded) = PaddedLayout::new(geo) {
+        return padded.buffer_len(channel_block(geo));
+    }
     let layout = PlaneLayout::for_lowering(geo);
     if layout.is_dense() {
         0
@@ -119,8 +129,10 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
 
 /// Computes input channels `c0 ..` of group `g` of one image (`dx_planes` holds exactly
 /// those planes, dense, overwritten) from all of that image's output pixels, tile by tile.
-/// Strided layers accumulate into a phase-split buffer (contiguous adds) and interleave it
-/// into `dx_planes` at the end.
+/// Each `dcol` tile is scatter-added into zeroed padded planes (no clamping; see
+/// [`col2im_padded`]) whose image part is copied into `dx_planes` at the end; where the
+/// padding is too large for that, into `dx_planes` directly (clamped runs), or for a
+/// strided layer into a phase-split buffer interleaved into `dx_planes` at the end.
 #[allow(clippy::too_many_arguments)]
 fn backward_data_block<T: Element>(
     geo: &ConvGeometry,
@@ -133,48 +145,67 @@ fn backward_data_block<T: Element>(
     tile: usize,
     scratch: &mut [T],
 ) {
-    let layout = PlaneLayout::for_lowering(geo);
     let channels = dx_planes.len() / geo.in_plane;
     let rows = channels * geo.taps;
-    let (dcol, phased) = scratch.split_at_mut(if geo.is_pointwise() { 0 } else { rows * tile });
+    let product = |pix0: usize, len: usize, dst: MatMut<'_, T>| {
+        tile_product(geo, dy_n, w, packed, g, c0, rows, pix0, len, dst)
+    };
+    if geo.is_pointwise() {
+        // Each pixel of a pointwise layer is written by exactly one tile.
+        for (pix0, len) in tiles(geo.out_plane, tile) {
+            let dst = MatMut::row_major(&mut dx_planes[pix0..], rows, len, geo.in_plane);
+            product(pix0, len, dst);
+        }
+        return;
+    }
+    let (dcol, acc) = scratch.split_at_mut(rows * tile);
+    if let Some(padded) = PaddedLayout::new(geo) {
+        let planes = &mut acc[..padded.buffer_len(channels)];
+        planes.fill(T::ZERO);
+        for (pix0, len) in tiles(geo.out_plane, tile) {
+            let dcol = &mut dcol[..rows * len];
+            product(pix0, len, MatMut::row_major(&mut *dcol, rows, len, len));
+            col2im_padded(geo, &padded, dcol, pix0, len, planes);
+        }
+        unpad_planes(geo, &padded, planes, dx_planes);
+        return;
+    }
+    let layout = PlaneLayout::for_lowering(geo);
     let target: &mut [T] = if layout.is_dense() {
         &mut *dx_planes
     } else {
-        &mut phased[..channels * layout.channel_len]
+        &mut acc[..channels * layout.channel_len]
     };
     target.fill(T::ZERO);
     for (pix0, len) in tiles(geo.out_plane, tile) {
-        backward_data_tile(
-            geo, &layout, dy_n, w, packed, g, c0, rows, target, pix0, len, dcol,
-        );
+        let dcol = &mut dcol[..rows * len];
+        product(pix0, len, MatMut::row_major(&mut *dcol, rows, len, len));
+        col2im(geo, &layout, dcol, pix0, len, target);
     }
     if !layout.is_dense() {
         merge_phases(
             geo,
             &layout,
-            &phased[..channels * layout.channel_len],
+            &acc[..channels * layout.channel_len],
             dx_planes,
         );
     }
 }
 
-/// Adds the contribution of output pixels `pix0 .. pix0 + len` of one image to the input
-/// channels `c0 ..` of group `g` whose `rows` column-matrix rows `target` holds (in
-/// `layout`).
+/// `dst = W_g[:, c0·R·S ..]ᵀ · dy[n, g][:, pix0 .. pix0 + len]`: the `rows` column-matrix
+/// rows of input channels `c0 ..` of group `g` over output pixels `pix0 .. pix0 + len`.
 #[allow(clippy::too_many_arguments)]
-fn backward_data_tile<T: Element>(
+fn tile_product<T: Element>(
     geo: &ConvGeometry,
-    layout: &PlaneLayout,
     dy_n: &[T],
     w: &[T],
     packed: Option<&PackedWeights<'_, T>>,
     g: usize,
     c0: usize,
     rows: usize,
-    target: &mut [T],
     pix0: usize,
     len: usize,
-    dcol: &mut [T],
+    dst: MatMut<'_, T>,
 ) {
     let (kg, col_rows, taps) = (geo.filters_per_group, geo.col_rows, geo.taps);
     // W_g[:, c0·taps ..]ᵀ: element (i, k) = w[(g·kg + k)·col_rows + c0·taps + i].
@@ -192,22 +223,8 @@ fn backward_data_tile<T: Element>(
         geo.out_plane,
     );
     // `packed` is all of Wᵀ: used when this block is all of it (ungrouped, all channels).
-    let packed = packed.filter(|_| c0 == 0 && rows == geo.col_rows);
-    let product = |dst: MatMut<'_, T>| match packed {
+    match packed.filter(|_| c0 == 0 && rows == geo.col_rows) {
         Some(p) => gemm_packed(T::ONE, p, &StridedB(dy_g), T::ZERO, dst),
         None => gemm(T::ONE, w_t, dy_g, T::ZERO, dst),
-    };
-    if geo.is_pointwise() {
-        // Each pixel of a pointwise layer is written by exactly one tile.
-        product(MatMut::row_major(
-            &mut target[pix0..],
-            rows,
-            len,
-            geo.in_plane,
-        ));
-    } else {
-        let dcol = &mut dcol[..rows * len];
-        product(MatMut::row_major(&mut *dcol, rows, len, len));
-        col2im(geo, layout, dcol, pix0, len, target);
     }
 }

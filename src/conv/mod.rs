@@ -38,8 +38,8 @@ pub enum Pass {
 pub struct Workspace {
     /// Bytes of scratch each worker task holds: the im2col / col2im tile (about 1 MiB; 0
     /// for pointwise layers and where im2col is fused into the GEMM's packing) plus a
-    /// zero-padded or phase-split copy of the image's (or channel block's) input planes
-    /// where the pass uses one. Each thread keeps its buffer for the next call.
+    /// zero-padded or phase-split copy of the image's (or channel block's) input planes,
+    /// or of the input delta being accumulated, where the pass uses one. Each thread keeps its buffer for the next call.
     pub column_bytes_per_task: usize,
     /// Bytes of the weight-gradient partial sums ([`Pass::BackwardWeights`] only): one
     /// `dw` plus `db` per image chunk, at most 4.

@@ -25,7 +25,9 @@ mod padded;
 
 use std::ops::Range;
 
-pub(crate) use padded::{PaddedIm2colB, PaddedIm2colTB, PaddedLayout, pad_planes};
+pub(crate) use padded::{
+    PaddedIm2colB, PaddedIm2colTB, PaddedLayout, col2im_padded, pad_planes, unpad_planes,
+};
 
 use crate::blocked::PackB;
 use crate::element::Element;

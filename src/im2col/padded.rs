@@ -103,6 +103,22 @@ impl PaddedLayout {
     }
 }
 
+impl PaddedLayout {
+    /// The elements of phase `phase`'s rows that hold image columns: `lo..hi`, element
+    /// `i` holding image column `first + (i − lo)·stride_w` (the rest is padding).
+    fn interior_columns(&self, geo: &ConvGeometry, phase: usize) -> (usize, usize, usize) {
+        let (w, pw, m) = (geo.w.input, geo.w.padding, self.modulus);
+        // Element i holds padded column i·m + phase, image column i·m + phase − pw.
+        let lo = pw.saturating_sub(phase).div_ceil(m).min(self.row_len);
+        let hi = (w + pw)
+            .saturating_sub(phase)
+            .div_ceil(m)
+            .clamp(lo, self.row_len);
+        // `first` is clamped for phases without image columns (lo == hi).
+        (lo, hi, (lo * m + phase).saturating_sub(pw).min(w))
+    }
+}
+
 /// Copies the dense `H × W` planes of `dense` (whole channels) into `out` in `layout`,
 /// writing every element of `out` (`layout.buffer_len(channels)` long): the padding
 /// becomes zero.
@@ -113,47 +129,107 @@ pub(crate) fn pad_planes<T: Element>(
     out: &mut [T],
 ) {
     let (h, w) = (geo.h.input, geo.w.input);
-    let (ph, pw) = (geo.h.padding, geo.w.padding);
+    let ph = geo.h.padding;
     let channels = dense.len() / geo.in_plane;
     for (plane, dst) in dense
         .chunks_exact(geo.in_plane)
         .zip(out[..layout.buffer_len(channels)].chunks_exact_mut(layout.channel_len))
     {
         for (phase, phase_dst) in dst.chunks_exact_mut(layout.phase_len).enumerate() {
+            let (lo, hi, first) = layout.interior_columns(geo, phase);
             for (row, to) in phase_dst.chunks_exact_mut(layout.row_len).enumerate() {
                 let Some(ih) = row.checked_sub(ph).filter(|&ih| ih < h) else {
                     to.fill(T::ZERO);
                     continue;
                 };
                 let src = &plane[ih * w..][..w];
+                let (left, rest) = to.split_at_mut(lo);
+                let (mid, right) = rest.split_at_mut(hi - lo);
+                left.fill(T::ZERO);
+                right.fill(T::ZERO);
                 if layout.modulus == 1 {
-                    // Padded column iw' = iw + pw.
-                    let (left, rest) = to.split_at_mut(pw);
-                    let (mid, right) = rest.split_at_mut(w);
-                    left.fill(T::ZERO);
-                    mid.copy_from_slice(src);
-                    right.fill(T::ZERO);
+                    mid.copy_from_slice(&src[first..][..mid.len()]);
                 } else {
-                    // Element i holds padded column i·m + phase, image column
-                    // iw = i·m + phase − pw: inside the image for i in lo..hi.
-                    let m = layout.modulus;
-                    let lo = pw.saturating_sub(phase).div_ceil(m).min(to.len());
-                    let hi = (w + pw)
-                        .saturating_sub(phase)
-                        .div_ceil(m)
-                        .clamp(lo, to.len());
-                    let (left, rest) = to.split_at_mut(lo);
-                    let (mid, right) = rest.split_at_mut(hi - lo);
-                    left.fill(T::ZERO);
-                    right.fill(T::ZERO);
-                    if !mid.is_empty() {
-                        let first = lo * m + phase - pw;
-                        for (d, s) in mid.iter_mut().zip(src[first..].iter().step_by(m)) {
-                            *d = *s;
-                        }
+                    for (d, s) in mid
+                        .iter_mut()
+                        .zip(src[first..].iter().step_by(layout.modulus))
+                    {
+                        *d = *s;
                     }
                 }
             }
+        }
+    }
+}
+
+/// The inverse of [`pad_planes`]: overwrites the dense `H × W` planes of `dense` (whole
+/// channels) with the image part of the padded planes `planes` (the padding is dropped).
+pub(crate) fn unpad_planes<T: Element>(
+    geo: &ConvGeometry,
+    layout: &PaddedLayout,
+    planes: &[T],
+    dense: &mut [T],
+) {
+    let (h, w) = (geo.h.input, geo.w.input);
+    let ph = geo.h.padding;
+    let channels = dense.len() / geo.in_plane;
+    for (plane, src) in dense
+        .chunks_exact_mut(geo.in_plane)
+        .zip(planes[..layout.buffer_len(channels)].chunks_exact(layout.channel_len))
+    {
+        for (phase, phase_src) in src.chunks_exact(layout.phase_len).enumerate() {
+            let (lo, hi, first) = layout.interior_columns(geo, phase);
+            for (ih, to) in plane.chunks_exact_mut(w).enumerate().take(h) {
+                let from = &phase_src[(ih + ph) * layout.row_len..][lo..hi];
+                if layout.modulus == 1 {
+                    to[first..][..from.len()].copy_from_slice(from);
+                } else {
+                    for (d, s) in to[first..].iter_mut().step_by(layout.modulus).zip(from) {
+                        *d = *s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+crate::dispatch! {
+    /// col2im into padded planes: adds row `(c, r, s)` of the column tile `col`
+    /// (`channels·R·S × len`, output pixels `pix0 .. pix0 + len`) to the padded planes
+    /// `planes` of those channels at its tap offset, run by run (the pixels of one
+    /// output row are consecutive there too). No clamping: the padding absorbs the
+    /// out-of-image taps, and [`unpad_planes`] drops it at the end. Each element
+    /// receives the rows in ascending order, the same sums as the dense `col2im`.
+    pub(crate) fn col2im_padded<T: Element>(geo: &ConvGeometry, layout: &PaddedLayout, col: &[T], pix0: usize, len: usize, planes: &mut [T]) = col2im_padded_body;
+}
+
+#[inline(always)]
+fn col2im_padded_body<T: Element, const FMA: bool>(
+    geo: &ConvGeometry,
+    layout: &PaddedLayout,
+    col: &[T],
+    pix0: usize,
+    len: usize,
+    planes: &mut [T],
+) {
+    if len == 0 {
+        return;
+    }
+    let out_w = geo.w.output;
+    let rows = planes.len() / layout.channel_len * geo.taps;
+    let row_step = geo.h.stride * layout.row_len;
+    let (p0, q0) = (pix0 / out_w, pix0 % out_w);
+    let mut taps = TapSteps::new(geo, layout, 0, 0);
+    for src_row in col[..rows * len].chunks_exact(len) {
+        let tap = taps.next();
+        // Runs: the tile's pixels split at output-row boundaries.
+        let (mut at, mut q, mut pixel) = (0, q0, tap + p0 * row_step);
+        while at < len {
+            let run = (out_w - q).min(len - at);
+            add_exact(&mut planes[pixel + q..][..run], &src_row[at..][..run]);
+            at += run;
+            q = 0;
+            pixel += row_step;
         }
     }
 }
@@ -469,6 +545,37 @@ fn copy_exact<T: Copy>(dst: &mut [T], src: &[T]) {
     }
 }
 
+/// `dst[i] += src[i]` (equal lengths) with fixed-width vector adds: whole [`CHUNK`]s,
+/// then a half, a quarter and single elements for the rest (adds, unlike copies, cannot
+/// overlap).
+#[inline(always)]
+fn add_exact<T: Element>(dst: &mut [T], src: &[T]) {
+    #[inline(always)]
+    fn add<T: Element, const W: usize>(dst: &mut [T], src: &[T], at: usize) -> usize {
+        let to: &mut [T; W] = (&mut dst[at..at + W]).try_into().unwrap();
+        let from: &[T; W] = src[at..at + W].try_into().unwrap();
+        for (d, s) in to.iter_mut().zip(from) {
+            *d += *s;
+        }
+        at + W
+    }
+    let len = dst.len();
+    assert_eq!(len, src.len());
+    let mut at = 0;
+    while at + CHUNK <= len {
+        at = add::<T, CHUNK>(dst, src, at);
+    }
+    if at + CHUNK / 2 <= len {
+        at = add::<T, { CHUNK / 2 }>(dst, src, at);
+    }
+    if at + CHUNK / 4 <= len {
+        at = add::<T, { CHUNK / 4 }>(dst, src, at);
+    }
+    while at < len {
+        at = add::<T, 1>(dst, src, at);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,17 +634,18 @@ mod tests {
     /// Column-matrix element `(row, pix)` of group channels `c0..`, straight from the
     /// definition (zero in the padding).
     fn column(geo: &ConvGeometry, x: &[f64], c0: usize, row: usize, pix: usize) -> f64 {
+        input_index(geo, c0, row, pix).map_or(0.0, |i| x[i])
+    }
+
+    /// Index in the dense input of column-matrix element `(row, pix)` of group channels
+    /// `c0..`, or `None` where it is padding.
+    fn input_index(geo: &ConvGeometry, c0: usize, row: usize, pix: usize) -> Option<usize> {
         let (c, tap) = (c0 + row / geo.taps, row % geo.taps);
         let (r, s) = (tap / geo.w.kernel, tap % geo.w.kernel);
         let (oh, ow) = (pix / geo.w.output, pix % geo.w.output);
-        let ih = (oh * geo.h.stride + r * geo.h.dilation).checked_sub(geo.h.padding);
-        let iw = (ow * geo.w.stride + s * geo.w.dilation).checked_sub(geo.w.padding);
-        match (ih, iw) {
-            (Some(ih), Some(iw)) if ih < geo.h.input && iw < geo.w.input => {
-                x[c * geo.in_plane + ih * geo.w.input + iw]
-            }
-            _ => 0.0,
-        }
+        let ih = (oh * geo.h.stride + r * geo.h.dilation).checked_sub(geo.h.padding)?;
+        let iw = (ow * geo.w.stride + s * geo.w.dilation).checked_sub(geo.w.padding)?;
+        (ih < geo.h.input && iw < geo.w.input).then_some(c * geo.in_plane + ih * geo.w.input + iw)
     }
 
     /// Packs `depth × cols` of `b` in `nr`-wide panels into a NaN-filled buffer and checks
@@ -650,6 +758,71 @@ mod tests {
             let j1 = j0 + 1 + rng.below(taps - j0);
             let want = |pixel: usize, tap: usize| column(&geo, &x, 0, tap, pixel);
             check_packed(&b, nr, d0..d1, j0..j1, want, &format!("{spec:?}"));
+            checked += 1;
+        }
+    }
+
+    /// Dropping the padding of padded planes gives back the image, exactly.
+    #[test]
+    fn unpad_inverts_pad() {
+        let mut rng = Rng(0x6a09_e667_f3bc_c908);
+        let mut checked = 0;
+        while checked < 300 {
+            let Some(Case {
+                x,
+                geo,
+                layout,
+                planes,
+                ..
+            }) = random_case(&mut rng, 1)
+            else {
+                continue;
+            };
+            let mut back = vec![f64::NAN; x.len()];
+            unpad_planes(&geo, &layout, &planes, &mut back);
+            assert_eq!(back, x, "{geo:?}");
+            checked += 1;
+        }
+    }
+
+    /// col2im into padded planes, then unpadded, adds every element of a column tile to
+    /// the input pixel it stands for (padding taps are dropped), rows in ascending order:
+    /// the definition's sums, bit for bit.
+    #[test]
+    fn col2im_padded_scatters_the_column_matrix() {
+        let mut rng = Rng(0xbb67_ae85_84ca_a73b);
+        let mut checked = 0;
+        while checked < 300 {
+            let Some(Case {
+                spec,
+                geo,
+                layout,
+                x,
+                ..
+            }) = random_case(&mut rng, 1)
+            else {
+                continue;
+            };
+            let rows = geo.col_rows;
+            let pix0 = rng.below(geo.out_plane);
+            let len = 1 + rng.below(geo.out_plane - pix0);
+            // Not integers: the sums round, so equal bits mean the same order of additions.
+            let col: Vec<f64> = (0..rows * len)
+                .map(|_| rng.below(1 << 20) as f64 * 1e-3 - 0.3)
+                .collect();
+            let mut want = vec![0.0; x.len()];
+            for row in 0..rows {
+                for j in 0..len {
+                    if let Some(i) = input_index(&geo, 0, row, pix0 + j) {
+                        want[i] += col[row * len + j];
+                    }
+                }
+            }
+            let mut planes = vec![0.0; layout.buffer_len(geo.in_channels)];
+            col2im_padded(&geo, &layout, &col, pix0, len, &mut planes);
+            let mut got = vec![f64::NAN; x.len()];
+            unpad_planes(&geo, &layout, &planes, &mut got);
+            assert_eq!(got, want, "{spec:?} pixels {pix0}+{len}");
             checked += 1;
         }
     }
