@@ -187,8 +187,8 @@ impl Conv2d {
                 0,
                 backward_data::packed_weights_len::<T>(&self.geo),
             ),
-            Pass::BackwardWeights if small_filter::applies(&self.geo) => (
-                small_filter::scratch_len(&self.geo),
+            Pass::BackwardWeights if small_filter::applies(&self.geo, elem) => (
+                small_filter::scratch_len(&self.geo, elem),
                 small_filter::partial_len(&self.geo),
                 0,
             ),
@@ -303,7 +303,7 @@ impl Conv2d {
             self.geo.check_bias("db", b.len())?;
         }
         match self.algorithm {
-            Algorithm::Gemm if small_filter::applies(&self.geo) => {
+            Algorithm::Gemm if small_filter::applies(&self.geo, size_of::<T>()) => {
                 small_filter::backward_weights(&self.geo, x, dy, dw, db)
             }
             Algorithm::Gemm => backward_weights::backward_weights(&self.geo, x, dy, dw, db),

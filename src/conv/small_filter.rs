@@ -1,18 +1,22 @@
 //! Weight gradient of layers with few filter taps (`C·R·S` small), by direct dot products.
 //!
-//! `dW[k][c, r, s] = Σ_n Σ_{p,q} dy[n, k, p, q] · x[n, c, p + r·dil_h − pad_h, q + s·dil_w − pad_w]`
-//! for stride 1. Lowered to a GEMM this is, per image, a `K × C·R·S` product with a
-//! reduction over the `P·Q` pixels: for a first layer (LeNet's 1 × 5 × 5 filters, 20 of
-//! them) the result is a few hundred numbers, the GEMM's tiles are mostly padding and the
-//! packing and im2col cost more than the multiply-adds.
+//! `dW[k][c, r, s] = Σ_n Σ_{p,q} dy[n, k, p, q] · x[n, c, p·stride_h + r·dil_h − pad_h,
+//! q·stride_w + s·dil_w − pad_w]`. Lowered to a GEMM this is, per image, a `K × C·R·S`
+//! product with a reduction over the `P·Q` pixels: for a first layer (LeNet's 1 × 5 × 5
+//! filters, 20 of them; ResNet's 3 × 7 × 7 stem) the GEMM's tiles are partly padding and
+//! packing the transposed column matrix costs about as much as a third of the
+//! multiply-adds.
 //!
-//! Here each image is copied into zero-padded planes of width `Wp` ([`PaddedLayout`]) and
-//! each `dy` plane into rows of the same width (the `Wp − Q` junk columns zero). Then
-//! output pixel `(p, q)` sits at flat index `t = p·Wp + q` in `dy`, and reads tap
-//! `(c, r, s)` of the input at `t + offset(c, r, s)`, one fixed offset per tap. Every
-//! gradient element is a dot product of two flat vectors; [`dot_block`] computes
-//! `KB × TB` of them at once (`KB` filters sharing each input load, `TB` taps sharing each
-//! `dy` load), in 16-lane accumulators that persist across the images of a task.
+//! Here each image is copied into zero-padded planes split into row and column phases
+//! ([`PaddedLayout::with_row_phases`], rows of `row_len` elements), and each `dy` plane
+//! into rows of the same width (the `row_len − Q` junk columns zero). Then output pixel
+//! `(p, q)` sits at flat index `t = p·row_len + q` in `dy`, and reads tap `(c, r, s)` of
+//! the input at `t + offset(c, r, s)`, one fixed offset per tap. Every gradient element
+//! is a dot product of two flat vectors; [`dot_block`] computes `KB × TB` of them at once
+//! (`KB` filters sharing each input load, `TB` taps sharing each `dy` load), in 16-lane
+//! accumulators that persist across the images of a task. The flat `dy` is built one
+//! band of output rows at a time, so that a band of all `K` planes stays in L2 while
+//! every tap block reads it.
 //!
 //! Parallelism: a fixed number of image chunks, each summing into its own lanes; the
 //! chunks' results are added in chunk order. The order of every sum depends only on the
@@ -35,16 +39,40 @@ const TB: usize = 5;
 /// At most this many image chunks (tasks).
 const MAX_CHUNKS: usize = 8;
 
-/// Whether this module computes the weight gradient: ungrouped, stride 1, at most 32 taps
-/// (`C·R·S`) and 64 filters, moderate padding. Measured: LeNet's first layer (25 taps,
-/// 20 filters) runs about 3× faster than through the GEMM.
-pub(crate) fn applies(geo: &ConvGeometry) -> bool {
-    geo.groups == 1
-        && geo.h.stride == 1
-        && geo.w.stride == 1
-        && geo.col_rows <= 32
-        && geo.out_channels <= 64
-        && PaddedLayout::new(geo).is_some()
+/// Most taps (`C·R·S`) this module takes: its lanes, `K · C·R·S · 16` accumulators, stay
+/// under 1 MiB (f32), and past this the GEMM's packing is a small part of its time.
+const MAX_TAPS: usize = 160;
+/// Most filters: likewise.
+const MAX_FILTERS: usize = 64;
+/// Bytes of one band of flat `dy` rows (all `K` planes). Each [`dot_block`] call runs
+/// over a whole band between loading and storing its accumulators: on ResNet's stem,
+/// bands of 256 KiB, 1, 2 and 4 MiB (the whole image) gave 78, 87, 89 and 90 GFLOP/s
+/// (1 thread). 2 MiB keeps a task's scratch under 4 MiB.
+const BAND_BYTES: usize = 2 << 20;
+
+/// Whether this module computes the weight gradient for `elem_size`-byte elements:
+/// ungrouped, moderate padding, at most a quarter more flat positions than pixels (junk
+/// columns: `row_len ≤ 1.25·Q`), and
+/// - f32: at most [`MAX_TAPS`] taps (`C·R·S`) and [`MAX_FILTERS`] filters;
+/// - wider elements: stride 1 and at most 32 taps. The `KB × TB` register block is sized
+///   for 16-lane f32 vectors; in f64 it spills, and ResNet's stem ran 15% slower here
+///   than through the GEMM.
+///
+/// Measured, f32, 1 thread: LeNet's first layer (25 taps, 20 filters) about 3× faster
+/// than through the GEMM, ResNet's stem (147 taps, 64 filters, stride 2) about 1.25×;
+/// LeNet's second layer (500 taps, a 12-wide row for 8 outputs) 3× slower, hence the
+/// limits.
+pub(crate) fn applies(geo: &ConvGeometry, elem_size: usize) -> bool {
+    let sized = if elem_size <= 4 {
+        geo.col_rows <= MAX_TAPS
+    } else {
+        geo.col_rows <= 32 && geo.h.stride == 1 && geo.w.stride == 1
+    };
+    sized
+        && geo.groups == 1
+        && geo.out_channels <= MAX_FILTERS
+        && PaddedLayout::with_row_phases(geo)
+            .is_some_and(|layout| layout.row_len * 4 <= geo.w.output * 5)
 }
 
 /// Image chunks (tasks): fixed by the batch size alone.
@@ -52,27 +80,39 @@ fn chunks(geo: &ConvGeometry) -> usize {
     geo.batch.clamp(1, MAX_CHUNKS)
 }
 
-/// The parts of a task's scratch: (padded image, flat `dy` planes, lanes).
-fn scratch_parts(geo: &ConvGeometry, layout: &PaddedLayout) -> (usize, usize, usize) {
-    // The junk columns of the last rows read up to (S−1)·dil_w past the last channel,
-    // and the rounding of the flat length up to LANES − 1 more.
-    let reach = (geo.w.kernel - 1) * geo.w.dilation + LANES;
+/// The parts of a task's scratch: (padded image, flat `dy` band, lanes), in elements of
+/// `elem_size` bytes.
+fn scratch_parts(
+    geo: &ConvGeometry,
+    layout: &PaddedLayout,
+    elem_size: usize,
+) -> (usize, usize, usize) {
+    // The junk columns of the last rows read up to row_len − Q past the last pixel of
+    // the last channel, and the rounding of a band up to LANES − 1 more.
+    let reach = layout.row_len - geo.w.output + LANES;
     let padded = layout.buffer_len(geo.in_channels) + reach;
-    let flat = geo.out_channels * flat_len(geo);
+    let flat = geo.out_channels * band_flat_len(layout, band_rows(geo, layout, elem_size));
     let lanes = geo.out_channels * geo.col_rows * LANES;
     (padded, flat, lanes)
 }
 
-/// Flat length of one `dy` plane: `P` rows of `Wp`, rounded up to whole lanes (the
-/// rounding is zero, like the junk columns), so the dot products have no tail.
-fn flat_len(geo: &ConvGeometry) -> usize {
-    (geo.h.output * (geo.w.input + 2 * geo.w.padding)).next_multiple_of(LANES)
+/// Output rows per band of flat `dy`: as many as fit [`BAND_BYTES`], at least one.
+fn band_rows(geo: &ConvGeometry, layout: &PaddedLayout, elem_size: usize) -> usize {
+    let row_bytes = geo.out_channels * layout.row_len * elem_size;
+    (BAND_BYTES / row_bytes.max(1)).clamp(1, geo.h.output.max(1))
+}
+
+/// Flat length of `rows` output rows of one `dy` plane: `rows · row_len`, rounded up to
+/// whole lanes (the rounding is zero, like the junk columns), so the dot products have
+/// no tail.
+fn band_flat_len(layout: &PaddedLayout, rows: usize) -> usize {
+    (rows * layout.row_len).next_multiple_of(LANES)
 }
 
 /// Elements of the scratch each task holds.
-pub(crate) fn scratch_len(geo: &ConvGeometry) -> usize {
-    let layout = PaddedLayout::new(geo).expect("applies() checked the padding");
-    let (padded, flat, lanes) = scratch_parts(geo, &layout);
+pub(crate) fn scratch_len(geo: &ConvGeometry, elem_size: usize) -> usize {
+    let layout = PaddedLayout::with_row_phases(geo).expect("applies() checked the padding");
+    let (padded, flat, lanes) = scratch_parts(geo, &layout, elem_size);
     padded + flat + lanes
 }
 
@@ -88,20 +128,19 @@ pub(crate) fn backward_weights<T: Element>(
     dw: &mut [T],
     db: Option<&mut [T]>,
 ) {
-    let layout = PaddedLayout::new(geo).expect("applies() checked the padding");
+    let layout = PaddedLayout::with_row_phases(geo).expect("applies() checked the padding");
     let (k_count, taps) = (geo.out_channels, geo.col_rows);
     let x_image = geo.in_channels * geo.in_plane;
     let y_image = k_count * geo.out_plane;
-    let wp = geo.w.input + 2 * geo.w.padding;
-    let (q_count, flat) = (geo.w.output, flat_len(geo));
+    let (q_count, row_len) = (geo.w.output, layout.row_len);
     let offsets: Vec<usize> = (0..taps)
         .map(|row| {
             let (c, tap) = (row / geo.taps, row % geo.taps);
-            let (r, s) = (tap / geo.w.kernel, tap % geo.w.kernel);
-            c * layout.channel_len + r * geo.h.dilation * wp + s * geo.w.dilation
+            layout.tap_offset(geo, c, tap / geo.w.kernel, tap % geo.w.kernel)
         })
         .collect();
-    let (padded_len, flat_total, lanes_len) = scratch_parts(geo, &layout);
+    let band = band_rows(geo, &layout, size_of::<T>());
+    let (padded_len, flat_total, lanes_len) = scratch_parts(geo, &layout, size_of::<T>());
     let chunk_count = chunks(geo);
     let stride = geo.w_len + k_count;
     let mut partials = take_from::<T>(Slot::Partials, chunk_count * stride);
@@ -115,26 +154,39 @@ pub(crate) fn backward_weights<T: Element>(
             db_part.fill(T::ZERO);
             let images = chunk * geo.batch / chunk_count..(chunk + 1) * geo.batch / chunk_count;
             for n in images {
-                pad_planes(geo, &layout, &x[n * x_image..][..x_image], padded);
+                let (body, reach) = padded.split_at_mut(layout.buffer_len(geo.in_channels));
+                pad_planes(geo, &layout, &x[n * x_image..][..x_image], body);
+                reach.fill(T::ZERO);
                 let dy_n = &dy[n * y_image..][..y_image];
-                for (k, (plane, to)) in dy_n
-                    .chunks_exact(geo.out_plane)
-                    .zip(dy_flat.chunks_exact_mut(flat))
-                    .enumerate()
-                {
-                    let (rows, rounding) = to.split_at_mut(geo.h.output * wp);
-                    for (row, dst) in plane.chunks_exact(q_count).zip(rows.chunks_exact_mut(wp)) {
-                        dst[..q_count].copy_from_slice(row);
-                        dst[q_count..].fill(T::ZERO);
-                    }
-                    rounding.fill(T::ZERO);
-                    db_part[k] += sum(plane);
+                for (d, plane) in db_part.iter_mut().zip(dy_n.chunks_exact(geo.out_plane)) {
+                    *d += sum(plane);
                 }
-                for k0 in (0..k_count).step_by(KB) {
-                    for t0 in (0..taps).step_by(TB) {
-                        dot_block(
-                            dy_flat, flat, k0, k_count, padded, &offsets, t0, lanes, taps,
-                        );
+                for p0 in (0..geo.h.output).step_by(band) {
+                    let rows = band.min(geo.h.output - p0);
+                    let flat = band_flat_len(&layout, rows);
+                    // The band's rows of every dy plane, row_len apart, junk zeroed.
+                    for (plane, to) in dy_n
+                        .chunks_exact(geo.out_plane)
+                        .zip(dy_flat.chunks_exact_mut(flat))
+                    {
+                        let (body, rounding) = to.split_at_mut(rows * row_len);
+                        let src = &plane[p0 * q_count..][..rows * q_count];
+                        for (row, dst) in src
+                            .chunks_exact(q_count)
+                            .zip(body.chunks_exact_mut(row_len))
+                        {
+                            dst[..q_count].copy_from_slice(row);
+                            dst[q_count..].fill(T::ZERO);
+                        }
+                        rounding.fill(T::ZERO);
+                    }
+                    let x_band = &padded[p0 * row_len..];
+                    for k0 in (0..k_count).step_by(KB) {
+                        for t0 in (0..taps).step_by(TB) {
+                            dot_block(
+                                dy_flat, flat, k0, k_count, x_band, &offsets, t0, lanes, taps,
+                            );
+                        }
                     }
                 }
             }
@@ -197,7 +249,7 @@ fn dot_block_body<T: Element, const FMA: bool>(
             a.copy_from_slice(&lanes[at..at + LANES]);
         }
     }
-    // `flat` is a whole number of lanes (see `flat_len`): no tail, so the accumulators
+    // `flat` is a whole number of lanes (see `band_flat_len`): no tail, so the accumulators
     // live in registers for the whole loop.
     for t in (0..flat).step_by(LANES) {
         let d: [[T; LANES]; KB] =

@@ -42,28 +42,49 @@ const CHUNK: usize = 16;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PaddedLayout {
     /// Column phases: `stride_w` (1 when `stride_w = 1`). `min(stride_w, W + 2·pad_w)`
-    /// of them are stored, each `H + 2·pad_h` rows.
+    /// of them are stored, each `row_phases · rows_per_phase` rows.
     modulus: usize,
+    /// Row phases: 1 (rows in order), or `stride_h` for [`PaddedLayout::with_row_phases`]:
+    /// padded row `ih'` is stored as row `ih' / stride_h` of row phase `ih' % stride_h`.
+    row_phases: usize,
+    /// Rows of each row phase: `ceil((H + 2·pad_h) / row_phases)` (rows past the padded
+    /// plane are zero).
+    rows_per_phase: usize,
     /// Elements per row of a phase: `ceil((W + 2·pad_w) / stride_w)`.
-    row_len: usize,
-    /// `rows · row_len`.
+    pub row_len: usize,
+    /// `row_phases · rows_per_phase · row_len`: one column phase.
     phase_len: usize,
     /// Elements per channel: `phases · phase_len`, `phases = min(stride_w, W + 2·pad_w)`.
     pub channel_len: usize,
 }
 
 impl PaddedLayout {
-    /// The layout for `geo`, or `None` when the padded planes would be much larger than
-    /// the image and its output together (huge padding: the caller then lowers from the
-    /// unpadded planes) or not addressable.
+    /// The layout for `geo` (rows in order), or `None` when the padded planes would be
+    /// much larger than the image and its output together (huge padding: the caller then
+    /// lowers from the unpadded planes) or not addressable.
     pub(crate) fn new(geo: &ConvGeometry) -> Option<PaddedLayout> {
+        Self::build(geo, 1)
+    }
+
+    /// As [`PaddedLayout::new`], with the rows split into `stride_h` phases as well as
+    /// the columns into `stride_w`: then output pixel `(p, q)` is at `p·row_len + q` past
+    /// every tap offset, so the pixels of a whole plane, `row_len − Q` junk columns per
+    /// row included, form one flat vector per tap.
+    pub(crate) fn with_row_phases(geo: &ConvGeometry) -> Option<PaddedLayout> {
+        Self::build(geo, geo.h.stride)
+    }
+
+    fn build(geo: &ConvGeometry, row_phases: usize) -> Option<PaddedLayout> {
         let rows = geo.h.input.checked_add(geo.h.padding.checked_mul(2)?)?;
         let cols = geo.w.input.checked_add(geo.w.padding.checked_mul(2)?)?;
         let modulus = geo.w.stride;
         let phases = modulus.min(cols);
         let row_len = cols.div_ceil(modulus);
-        let phase_len = rows.checked_mul(row_len)?;
-        // phases · row_len < cols + stride_w, so channel_len < rows · (cols + stride_w).
+        let rows_per_phase = rows.div_ceil(row_phases);
+        // row_phases · rows_per_phase < rows + stride_h.
+        let phase_len = (row_phases * rows_per_phase).checked_mul(row_len)?;
+        // phases · row_len < cols + stride_w, so channel_len < (rows + stride_h) ·
+        // (cols + stride_w).
         let channel_len = phase_len.checked_mul(phases)?;
         let limit = (geo.in_plane + geo.out_plane)
             .saturating_mul(4)
@@ -74,10 +95,18 @@ impl PaddedLayout {
             .is_some_and(|bytes| bytes <= isize::MAX as usize);
         (channel_len <= limit && addressable).then_some(PaddedLayout {
             modulus,
+            row_phases,
+            rows_per_phase,
             row_len,
             phase_len,
             channel_len,
         })
+    }
+
+    /// Where padded row `row` is stored: its row index within a column phase.
+    #[inline]
+    fn stored_row(&self, row: usize) -> usize {
+        (row % self.row_phases) * self.rows_per_phase + row / self.row_phases
     }
 
     /// Elements of the padded copy of `channels` channels.
@@ -87,19 +116,25 @@ impl PaddedLayout {
 
     /// Offset of column-matrix row `(c, r, s)`'s pixel `(0, 0)`, relative to channel 0.
     #[inline]
-    fn tap_offset(&self, geo: &ConvGeometry, c: usize, r: usize, s: usize) -> usize {
+    pub(crate) fn tap_offset(&self, geo: &ConvGeometry, c: usize, r: usize, s: usize) -> usize {
         let shift = s * geo.w.dilation;
         c * self.channel_len
             + (shift % self.modulus) * self.phase_len
-            + r * geo.h.dilation * self.row_len
+            + self.stored_row(r * geo.h.dilation) * self.row_len
             + shift / self.modulus
+    }
+
+    /// Output rows `p` and `p + 1` are this far apart past any tap offset.
+    #[inline]
+    fn output_row_step(&self, geo: &ConvGeometry) -> usize {
+        geo.h.stride / self.row_phases * self.row_len
     }
 
     /// Offset of output pixel `pix = p·Q + q` relative to its row's tap offset.
     #[inline]
     fn pixel_offset(&self, geo: &ConvGeometry, pix: usize) -> usize {
         let (p, q) = (pix / geo.w.output, pix % geo.w.output);
-        p * geo.h.stride * self.row_len + q
+        p * self.output_row_step(geo) + q
     }
 }
 
@@ -137,7 +172,10 @@ pub(crate) fn pad_planes<T: Element>(
     {
         for (phase, phase_dst) in dst.chunks_exact_mut(layout.phase_len).enumerate() {
             let (lo, hi, first) = layout.interior_columns(geo, phase);
-            for (row, to) in phase_dst.chunks_exact_mut(layout.row_len).enumerate() {
+            for (stored, to) in phase_dst.chunks_exact_mut(layout.row_len).enumerate() {
+                // The padded row stored here (past the plane when rows_per_phase rounds up).
+                let row = (stored % layout.rows_per_phase) * layout.row_phases
+                    + stored / layout.rows_per_phase;
                 let Some(ih) = row.checked_sub(ph).filter(|&ih| ih < h) else {
                     to.fill(T::ZERO);
                     continue;
@@ -180,7 +218,7 @@ pub(crate) fn unpad_planes<T: Element>(
         for (phase, phase_src) in src.chunks_exact(layout.phase_len).enumerate() {
             let (lo, hi, first) = layout.interior_columns(geo, phase);
             for (ih, to) in plane.chunks_exact_mut(w).enumerate().take(h) {
-                let from = &phase_src[(ih + ph) * layout.row_len..][lo..hi];
+                let from = &phase_src[layout.stored_row(ih + ph) * layout.row_len..][lo..hi];
                 if layout.modulus == 1 {
                     to[first..][..from.len()].copy_from_slice(from);
                 } else {
@@ -217,7 +255,7 @@ fn col2im_padded_body<T: Element, const FMA: bool>(
     }
     let out_w = geo.w.output;
     let rows = planes.len() / layout.channel_len * geo.taps;
-    let row_step = geo.h.stride * layout.row_len;
+    let row_step = layout.output_row_step(geo);
     let (p0, q0) = (pix0 / out_w, pix0 % out_w);
     let mut taps = TapSteps::new(geo, layout, 0, 0);
     for src_row in col[..rows * len].chunks_exact(len) {
@@ -360,16 +398,23 @@ struct TapSteps {
     channel_base: usize,
     channel_len: usize,
     /// The current row's `(r, s)` and its offset within the channel, split as
-    /// `r_off + phase·phase_len + col`.
+    /// `r_off + phase·phase_len + col` (`r_off`: the stored row of padded row `r·dil_h`,
+    /// times `row_len`, which lies in row phase `r_phase`).
     r: usize,
     s: usize,
     r_off: usize,
+    r_phase: usize,
     phase: usize,
     col: usize,
     /// Kernel extent and per-step increments.
     r_count: usize,
     s_count: usize,
+    /// One `r` step: `r_off` grows by `r_step`, `r_phase` by `dil_h % row_phases`; a
+    /// row-phase carry then moves `r_off` back by `r_carry`.
     r_step: usize,
+    r_phase_step: usize,
+    r_carry: usize,
+    row_phases: usize,
     phase_len: usize,
     modulus: usize,
     /// `dil_w / stride_w` and `dil_w % stride_w`: one `s` step's column and phase moves.
@@ -387,12 +432,16 @@ impl TapSteps {
             channel_len: layout.channel_len,
             r,
             s,
-            r_off: r * geo.h.dilation * layout.row_len,
+            r_off: layout.stored_row(r * geo.h.dilation) * layout.row_len,
+            r_phase: r * geo.h.dilation % layout.row_phases,
             phase: shift % layout.modulus,
             col: shift / layout.modulus,
             r_count: geo.h.kernel,
             s_count: geo.w.kernel,
-            r_step: geo.h.dilation * layout.row_len,
+            r_step: layout.stored_row(geo.h.dilation) * layout.row_len,
+            r_phase_step: geo.h.dilation % layout.row_phases,
+            r_carry: (layout.row_phases * layout.rows_per_phase - 1) * layout.row_len,
+            row_phases: layout.row_phases,
             phase_len: layout.phase_len,
             modulus: layout.modulus,
             col_step: geo.w.dilation / layout.modulus,
@@ -416,9 +465,14 @@ impl TapSteps {
             (self.s, self.phase, self.col) = (0, 0, 0);
             self.r += 1;
             self.r_off += self.r_step;
+            self.r_phase += self.r_phase_step;
+            if self.r_phase >= self.row_phases {
+                // Past the last row phase: back to phase 0, one stored row further.
+                self.r_phase -= self.row_phases;
+                self.r_off -= self.r_carry;
+            }
             if self.r == self.r_count {
-                self.r = 0;
-                self.r_off = 0;
+                (self.r, self.r_off, self.r_phase) = (0, 0, 0);
                 self.channel_base += self.channel_len;
             }
         }
@@ -616,7 +670,13 @@ mod tests {
             groups,
         };
         let geo = ConvGeometry::new(&spec).ok()?;
-        let layout = PaddedLayout::new(&geo).expect("moderate padding");
+        // Both layouts: rows in order (the packers') and split into row phases.
+        let layout = if rng.below(2) == 0 {
+            PaddedLayout::new(&geo)
+        } else {
+            PaddedLayout::with_row_phases(&geo)
+        }
+        .expect("moderate padding");
         let x: Vec<f64> = (0..geo.in_channels * geo.in_plane)
             .map(|i| 1.0 + i as f64)
             .collect();

@@ -209,6 +209,16 @@ pub fn battery() -> Vec<Case> {
             name: "multi_tile_n1",
             spec: spec(1, 64, [24, 20], 8, [3, 3], [1, 1], [1, 1], one, 1),
         },
+        // Few taps and 64 filters over long planes: the direct weight gradient
+        // (`small_filter`) builds its flat dy in several bands of output rows.
+        Case {
+            name: "few_taps_many_bands",
+            spec: spec(2, 1, [200, 100], 64, [3, 3], one, one, one, 1),
+        },
+        Case {
+            name: "few_taps_stride2_many_bands",
+            spec: spec(2, 1, [400, 300], 64, [3, 3], [2, 2], one, one, 1),
+        },
         Case {
             name: "many_images_few_pixels",
             spec: spec(20, 2, [4, 4], 3, [2, 2], one, zero, one, 1),
