@@ -111,17 +111,7 @@ impl<T: Element> PackB<T> for StridedB<'_, T> {
         if m.col_stride == 1 {
             // Rows of B are contiguous: walk them once each, in order (one read stream),
             // dealing each row's nr-wide pieces out to the panels.
-            match nr {
-                8 => deal_rows::<T, 8>(m, depth.start, cols, dst),
-                16 => deal_rows::<T, 16>(m, depth.start, cols, dst),
-                32 => deal_rows::<T, 32>(m, depth.start, cols, dst),
-                _ => {
-                    for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
-                        let j0 = cols.start + p * nr;
-                        copy_rows_dyn(m, nr, depth.start, j0, nr.min(cols.end - j0), panel);
-                    }
-                }
-            }
+            deal_rows_simd(m, nr, depth.start, cols, dst);
             return;
         }
         for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
@@ -199,9 +189,38 @@ fn gather_any<T: Element>(
     }
 }
 
+crate::dispatch! {
+    /// Packs row-major B (`col_stride == 1`) into `nr`-wide panels with [`deal_rows`],
+    /// compiled for the CPU's vector width (one or two vector moves per piece; the
+    /// baseline build moved 16 bytes at a time).
+    fn deal_rows_simd<T: Element>(m: &MatRef<'_, T>, nr: usize, k0: usize, cols: Range<usize>, dst: &mut [T]) = deal_rows_body;
+}
+
+#[inline(always)]
+fn deal_rows_body<T: Element, const FMA: bool>(
+    m: &MatRef<'_, T>,
+    nr: usize,
+    k0: usize,
+    cols: Range<usize>,
+    dst: &mut [T],
+) {
+    match nr {
+        8 => deal_rows::<T, 8>(m, k0, cols, dst),
+        16 => deal_rows::<T, 16>(m, k0, cols, dst),
+        32 => deal_rows::<T, 32>(m, k0, cols, dst),
+        _ => {
+            let kc = dst.len() / cols.len().div_ceil(nr) / nr;
+            for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
+                let j0 = cols.start + p * nr;
+                copy_rows_dyn(m, nr, k0, j0, nr.min(cols.end - j0), panel);
+            }
+        }
+    }
+}
+
 /// Row-major B, panel width a constant: row `kk` of B goes out as full `NR`-wide pieces
 /// (fixed-size copies) to every panel, then the zero-padded tail piece.
-#[inline]
+#[inline(always)]
 fn deal_rows<T: Element, const NR: usize>(
     m: &MatRef<'_, T>,
     k0: usize,

@@ -615,9 +615,12 @@ fn add_exact<T: Element>(dst: &mut [T], src: &[T]) {
     }
     let len = dst.len();
     assert_eq!(len, src.len());
-    let mut at = 0;
-    while at + CHUNK <= len {
-        at = add::<T, CHUNK>(dst, src, at);
+    // Whole chunks as one flat loop, which LLVM vectorizes contiguously. (A loop over
+    // fixed-size chunks was vectorized across chunks instead, with gathers and scatters:
+    // col2im ran 1.6× slower on runs of hundreds of elements.)
+    let mut at = len / CHUNK * CHUNK;
+    for (d, s) in dst[..at].iter_mut().zip(&src[..at]) {
+        *d += *s;
     }
     if at + CHUNK / 2 <= len {
         at = add::<T, { CHUNK / 2 }>(dst, src, at);
