@@ -87,13 +87,27 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
     let mut buf = scratch::take_packing::<T>(a_len + b_len + mr * nr);
     let (a_buf, rest) = buf.split_at_mut(a_len);
     let (b_buf, tile) = rest.split_at_mut(b_len);
+    let mut offsets = [0usize; MAX_IN_PLACE_DEPTH];
 
     for jc in (0..n).step_by(nc_max) {
         let nc = nc_max.min(n - jc);
         for pc in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - pc);
+            // B's rows in place (no packing) when the operand offers them and every row
+            // holds all n columns; else the KC × NC block is packed.
+            let in_place = (kc <= MAX_IN_PLACE_DEPTH)
+                .then(|| b.rows_in_place(pc..pc + kc, &mut offsets[..kc]))
+                .flatten()
+                .filter(|data| {
+                    offsets[..kc]
+                        .iter()
+                        .all(|&o| o.checked_add(n).is_some_and(|end| end <= data.len()))
+                });
+            let offsets = &offsets[..kc];
             let b_pack = &mut b_buf[..nc.div_ceil(nr) * nr * kc];
-            b.pack_b(nr, pc..pc + kc, jc..jc + nc, b_pack);
+            if in_place.is_none() {
+                b.pack_b(nr, pc..pc + kc, jc..jc + nc, b_pack);
+            }
             let beta = if pc == 0 { beta } else { T::ONE };
             for ic in (0..m).step_by(mc_max) {
                 let mc = mc_max.min(m - ic);
@@ -107,30 +121,55 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                 };
                 for jr in (0..nc).step_by(nr) {
                     let w = nr.min(nc - jr);
-                    let b_panel = &b_pack[jr * kc..][..nr * kc];
+                    // In place: full panels are read where they lie; the last, partial
+                    // one is packed here (its rows may end before NR columns).
+                    let rows = in_place
+                        .filter(|_| w == nr)
+                        .map(|data| data[jc + jr..].as_ptr());
+                    let b_panel: &[T] = match (in_place, rows) {
+                        (None, _) => &b_pack[jr * kc..][..nr * kc],
+                        (Some(_), Some(_)) => &[],
+                        (Some(_), None) => {
+                            let panel = &mut b_pack[..nr * kc];
+                            b.pack_b(nr, pc..pc + kc, jc + jr..jc + jr + w, panel);
+                            panel
+                        }
+                    };
                     for ir in (0..mc).step_by(mr) {
                         let h = mr.min(mc - ir);
                         let a_panel = &a_pack[ir * kc..][..mr * kc];
                         let c_tile = at(ic + ir, jc + jr);
-                        if h == mr && w == nr && c.col_stride == 1 {
-                            // SAFETY: the panels hold kc·MR and kc·NR packed elements; the
-                            // MR × NR tile at c_tile is inside C (h, w full) with unit
-                            // column stride; the CPU check is the caller's.
-                            unsafe {
-                                K::kernel(
+                        let (a_ptr, b_ptr) = (a_panel.as_ptr(), b_panel.as_ptr());
+                        // The kernel on a tile `t` of row stride `rs`, `narrow` when only
+                        // its first NR_NARROW columns are needed.
+                        // SAFETY (both arms): the A panel holds kc·MR elements; a packed B
+                        // panel kc·NR; in-place rows hold every column < n past their
+                        // offsets (checked above) and this panel's NR columns are < n; the
+                        // tile is valid per the caller; the CPU check is the caller's.
+                        let run = |t: *mut T, rs: isize, narrow: bool| unsafe {
+                            match rows {
+                                Some(r) => K::kernel_rows(
                                     kc,
                                     alpha,
-                                    a_panel.as_ptr(),
-                                    b_panel.as_ptr(),
+                                    a_ptr,
+                                    r,
+                                    offsets.as_ptr(),
                                     beta,
-                                    c_tile,
-                                    c.row_stride,
-                                )
-                            };
+                                    t,
+                                    rs,
+                                ),
+                                None if narrow => {
+                                    K::kernel_narrow(kc, alpha, a_ptr, b_ptr, beta, t, rs)
+                                }
+                                None => K::kernel(kc, alpha, a_ptr, b_ptr, beta, t, rs),
+                            }
+                        };
+                        if h == mr && w == nr && c.col_stride == 1 {
+                            // The MR × NR tile at c_tile is inside C (h, w full) with unit
+                            // column stride.
+                            run(c_tile, c.row_stride, false);
                         } else {
-                            edge_tile::<T, K>(
-                                alpha, a_panel, b_panel, beta, &c, c_tile, h, w, tile,
-                            );
+                            edge_tile::<T, K>(beta, &c, c_tile, h, w, tile, run);
                         }
                     }
                 }
@@ -139,24 +178,26 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
     }
 }
 
-/// A partial tile, or a tile of a C without unit column stride: the kernel runs on the
-/// local `MR × NR` `tile`, with the valid `h × w` part of C copied in (unless `beta` is
-/// 0) and out. Copies are exact, so the result is the full-tile kernel's, bit for bit.
+/// Deepest `k` block whose B rows the driver reads in place (its row offsets live on the
+/// stack); every kernel's `KC` is at most this.
+const MAX_IN_PLACE_DEPTH: usize = 256;
+
+/// A partial tile, or a tile of a C without unit column stride: `run` computes the
+/// kernel on the local `MR × NR` `tile`, with the valid `h × w` part of C copied in
+/// (unless `beta` is 0) and out. Copies are exact, so the result is the full-tile
+/// kernel's, bit for bit.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn edge_tile<T: Element, K: Kernel<T>>(
-    alpha: T,
-    a_panel: &[T],
-    b_panel: &[T],
     beta: T,
     c: &RawMatMut<T>,
     c_tile: *mut T,
     h: usize,
     w: usize,
     tile: &mut [T],
+    run: impl Fn(*mut T, isize, bool),
 ) {
     let (mr, nr) = (K::MR, K::NR);
-    let kc = a_panel.len() / mr;
     let (rs, cs) = (c.row_stride, c.col_stride);
     let tile = &mut tile[..mr * nr];
     if beta != T::ZERO {
@@ -167,17 +208,10 @@ fn edge_tile<T: Element, K: Kernel<T>>(
             }
         }
     }
-    // SAFETY: the panels hold kc·MR and kc·NR elements; `tile` is a local MR × NR
-    // row-major buffer (row stride NR), not aliased by the panels. The narrow kernel
-    // computes the first NR_NARROW >= w columns, all that is copied out.
-    let (a, b, t) = (a_panel.as_ptr(), b_panel.as_ptr(), tile.as_mut_ptr());
-    unsafe {
-        if w <= K::NR_NARROW {
-            K::kernel_narrow(kc, alpha, a, b, beta, t, nr as isize)
-        } else {
-            K::kernel(kc, alpha, a, b, beta, t, nr as isize)
-        }
-    };
+    // `tile` is a local MR × NR row-major buffer (row stride NR), not aliased by the
+    // operands. The narrow kernel computes the first NR_NARROW >= w columns, all that is
+    // copied out.
+    run(tile.as_mut_ptr(), nr as isize, w <= K::NR_NARROW);
     for i in 0..h {
         for j in 0..w {
             // SAFETY: as above.

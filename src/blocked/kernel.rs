@@ -45,6 +45,27 @@ pub trait Kernel<T> {
     #[allow(clippy::too_many_arguments)]
     unsafe fn kernel(k: usize, alpha: T, a: *const T, b: *const T, beta: T, c: *mut T, rsc: isize);
 
+    /// [`Kernel::kernel`] with the B panel read in place instead of packed: row `p` of the
+    /// panel is the `NR` elements at `b + offsets[p]` (not `b + p·NR`). For a B operand
+    /// whose rows already lie in memory with unit column stride, such as the taps of a
+    /// padded image: the rows need no packing. The arithmetic is `kernel`'s, bit for bit.
+    ///
+    /// # Safety
+    /// As [`Kernel::kernel`], except that `b` need not hold a packed panel: instead
+    /// `offsets` is valid for reads of `k` elements and `b + offsets[p] + j` is valid for
+    /// reads for every `p < k`, `j < NR`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel_rows(
+        k: usize,
+        alpha: T,
+        a: *const T,
+        b: *const T,
+        offsets: *const usize,
+        beta: T,
+        c: *mut T,
+        rsc: isize,
+    );
+
     /// Columns [`Kernel::kernel_narrow`] computes (`NR` when the kernel has no narrow form).
     const NR_NARROW: usize = Self::NR;
 
@@ -103,39 +124,75 @@ macro_rules! impl_portable {
                 c: *mut $t,
                 rsc: isize,
             ) {
-                // SAFETY: the caller guarantees `a` holds k·MR and `b` k·NR elements.
-                let (a, b) = unsafe {
-                    (
-                        std::slice::from_raw_parts(a, k * P_MR),
-                        std::slice::from_raw_parts(b, k * P_NR),
-                    )
-                };
-                let mut acc = [[0.0 as $t; P_NR]; P_MR];
-                for (ap, bp) in a.chunks_exact(P_MR).zip(b.chunks_exact(P_NR)) {
-                    for i in 0..P_MR {
-                        for j in 0..P_NR {
-                            acc[i][j] += ap[i] * bp[j];
-                        }
-                    }
-                }
-                for (i, acc_row) in acc.iter().enumerate() {
-                    // SAFETY: the caller guarantees the MR rows of NR elements at
-                    // `c + i·rsc` are valid, distinct and not aliased by `a` or `b`.
-                    let row =
-                        unsafe { std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), P_NR) };
-                    if beta == 0.0 {
-                        for (cv, &av) in row.iter_mut().zip(acc_row) {
-                            *cv = alpha * av;
-                        }
-                    } else {
-                        for (cv, &av) in row.iter_mut().zip(acc_row) {
-                            *cv = alpha * av + beta * *cv;
-                        }
-                    }
-                }
+                // SAFETY: the caller guarantees `b` holds k·NR elements: row p is at
+                // b + p·NR.
+                let row = |p: usize| unsafe { b.add(p * P_NR) };
+                // SAFETY: forwarded (`a` and `c` as the caller guarantees).
+                unsafe { portable_tile(k, alpha, a, row, beta, c, rsc) }
+            }
+
+            #[inline]
+            unsafe fn kernel_rows(
+                k: usize,
+                alpha: $t,
+                a: *const $t,
+                b: *const $t,
+                offsets: *const usize,
+                beta: $t,
+                c: *mut $t,
+                rsc: isize,
+            ) {
+                // SAFETY: the caller guarantees `offsets` holds k elements and row p at
+                // b + offsets[p] holds NR.
+                let row = |p: usize| unsafe { b.add(*offsets.add(p)) };
+                // SAFETY: forwarded.
+                unsafe { portable_tile(k, alpha, a, row, beta, c, rsc) }
             }
         }
     };
+}
+
+/// The portable kernel's tile, B row `p` at `row(p)`.
+///
+/// # Safety
+/// `a` is valid for reads of `k·MR` elements, `row(p)` of `NR` for `p < k`; C as in
+/// [`Kernel::kernel`].
+#[inline(always)]
+unsafe fn portable_tile<T: crate::Element>(
+    k: usize,
+    alpha: T,
+    a: *const T,
+    row: impl Fn(usize) -> *const T,
+    beta: T,
+    c: *mut T,
+    rsc: isize,
+) {
+    // SAFETY: the caller guarantees `a` holds k·MR elements.
+    let a = unsafe { std::slice::from_raw_parts(a, k * P_MR) };
+    let mut acc = [[T::ZERO; P_NR]; P_MR];
+    for (p, ap) in a.chunks_exact(P_MR).enumerate() {
+        // SAFETY: row p holds NR elements (the caller's guarantee).
+        let bp = unsafe { std::slice::from_raw_parts(row(p), P_NR) };
+        for i in 0..P_MR {
+            for j in 0..P_NR {
+                acc[i][j] += ap[i] * bp[j];
+            }
+        }
+    }
+    for (i, acc_row) in acc.iter().enumerate() {
+        // SAFETY: the caller guarantees the MR rows of NR elements at
+        // `c + i·rsc` are valid, distinct and not aliased by `a` or `b`.
+        let row = unsafe { std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), P_NR) };
+        if beta == T::ZERO {
+            for (cv, &av) in row.iter_mut().zip(acc_row) {
+                *cv = alpha * av;
+            }
+        } else {
+            for (cv, &av) in row.iter_mut().zip(acc_row) {
+                *cv = alpha * av + beta * *cv;
+            }
+        }
+    }
 }
 
 impl_portable!(f32);
@@ -164,11 +221,12 @@ macro_rules! simd_kernel {
         /// target features of this function.
         #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn $name<const NV: usize>(
+        pub(super) unsafe fn $name<const NV: usize, const IN_PLACE: bool>(
             k: usize,
             alpha: $t,
             a: *const $t,
             b: *const $t,
+            offsets: *const usize,
             beta: $t,
             c: *mut $t,
             rsc: isize,
@@ -186,13 +244,19 @@ macro_rules! simd_kernel {
                 _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NV * L * size_of::<$t>() - 1));
             }
             let mut acc = [[$zero(); NV]; MR];
-            let (mut a, mut b) = (a, b);
-            for _ in 0..k {
+            let (mut a, mut packed_row) = (a, b);
+            for p in 0..k {
+                let row = if IN_PLACE {
+                    // SAFETY: `offsets` holds k elements (`kernel_rows`' contract).
+                    unsafe { b.add(*offsets.add(p)) }
+                } else {
+                    packed_row
+                };
                 let mut bv = [$zero(); NV];
                 for (v, bv) in bv.iter_mut().enumerate() {
-                    // SAFETY: `b` points at the current row of NV·L elements, inside the
-                    // k·NR elements the caller guarantees.
-                    *bv = unsafe { $load(b.add(v * L)) };
+                    // SAFETY: `row` points at B row p, NR ≥ NV·L readable elements (the
+                    // packed panel's k·NR, or the in-place row the caller guarantees).
+                    *bv = unsafe { $load(row.add(v * L)) };
                 }
                 for (i, acc_row) in acc.iter_mut().enumerate() {
                     // SAFETY: `a` points at the current column of MR elements, inside
@@ -202,11 +266,10 @@ macro_rules! simd_kernel {
                         *acc = $fma(ai, bv, *acc);
                     }
                 }
-                // SAFETY: one step past the last row/column at most (k steps in all).
-                unsafe {
-                    a = a.add(MR);
-                    b = b.add(B_ROW);
-                }
+                // SAFETY: one step past the last column of A at most (k steps in all);
+                // the packed row pointer is only advanced (wrapping) when unused.
+                a = unsafe { a.add(MR) };
+                packed_row = packed_row.wrapping_add(B_ROW);
             }
             let alpha_v = $splat(alpha);
             for (i, acc_row) in acc.iter().enumerate() {
@@ -253,7 +316,22 @@ macro_rules! simd_kernel_methods {
         ) {
             // SAFETY: the caller upholds `Kernel::kernel`'s contract, which includes that
             // the CPU has the kernel's features.
-            unsafe { $f::<2>(k, alpha, a, b, beta, c, rsc) }
+            unsafe { $f::<2, false>(k, alpha, a, b, std::ptr::null(), beta, c, rsc) }
+        }
+
+        #[inline(always)]
+        unsafe fn kernel_rows(
+            k: usize,
+            alpha: $t,
+            a: *const $t,
+            b: *const $t,
+            offsets: *const usize,
+            beta: $t,
+            c: *mut $t,
+            rsc: isize,
+        ) {
+            // SAFETY: the caller upholds `Kernel::kernel_rows`' contract.
+            unsafe { $f::<2, true>(k, alpha, a, b, offsets, beta, c, rsc) }
         }
 
         #[doc = concat!("One ", $isa, " vector: ", stringify!($lanes), " columns.")]
@@ -271,7 +349,7 @@ macro_rules! simd_kernel_methods {
         ) {
             // SAFETY: as `kernel`; the narrow instance touches only the first vector of
             // each row of the tile.
-            unsafe { $f::<1>(k, alpha, a, b, beta, c, rsc) }
+            unsafe { $f::<1, false>(k, alpha, a, b, std::ptr::null(), beta, c, rsc) }
         }
     };
 }

@@ -68,6 +68,23 @@ pub trait PackB<T> {
     /// must be written as **zero** (see [`PackA::pack_a`]). `dst` holds stale data on
     /// entry: every element must be written.
     fn pack_b(&self, nr: usize, depth: Range<usize>, cols: Range<usize>, dst: &mut [T]);
+
+    /// B's rows `depth` as they already lie in memory, if they do: returns `data` and
+    /// writes `offsets` (`depth.len()` elements) so that
+    ///
+    /// `B[depth.start + kk, j] = data[offsets[kk] + j]` for every `j < cols()`.
+    ///
+    /// The driver then reads full panels in place ([`Kernel::kernel_rows`]) and packs
+    /// only the last, partial one; it checks that every row's `cols()` elements lie in
+    /// `data` (else it packs as usual). `None` (the default) packs everything. Worth it
+    /// where the rows are scattered enough that reading them unpacked costs no L1
+    /// conflicts (not a matrix with a power-of-two row stride).
+    ///
+    /// [`Kernel::kernel_rows`]: super::Kernel::kernel_rows
+    fn rows_in_place(&self, depth: Range<usize>, offsets: &mut [usize]) -> Option<&[T]> {
+        let _ = (depth, offsets);
+        None
+    }
 }
 
 /// A strided matrix as the A operand.

@@ -448,3 +448,86 @@ fn rejects_shape_mismatch() {
         MatMut::row_major(&mut c, 2, 3, 3),
     );
 }
+
+/// A B operand whose rows lie scattered in `data` (row `i` at `offsets[i]`), offered to
+/// the driver in place; `visible` elements of `data` are shown to it (fewer than needed
+/// makes the driver's bounds check refuse them, and it packs instead).
+struct ScatteredB<'a> {
+    data: &'a [f64],
+    offsets: Vec<usize>,
+    n: usize,
+    visible: usize,
+}
+
+impl PackB<f64> for ScatteredB<'_> {
+    fn depth(&self) -> usize {
+        self.offsets.len()
+    }
+    fn cols(&self) -> usize {
+        self.n
+    }
+    fn pack_b(&self, nr: usize, depth: Range<usize>, cols: Range<usize>, dst: &mut [f64]) {
+        let f = |i: usize, j: usize| self.data[self.offsets[i] + j];
+        FnB {
+            k: self.offsets.len(),
+            n: self.n,
+            f,
+        }
+        .pack_b(nr, depth, cols, dst)
+    }
+    fn rows_in_place(&self, depth: Range<usize>, offsets: &mut [usize]) -> Option<&[f64]> {
+        offsets.copy_from_slice(&self.offsets[depth]);
+        Some(&self.data[..self.visible])
+    }
+}
+
+/// On every path, a GEMM reading B's rows in place (`Kernel::kernel_rows`, packing only
+/// the partial panels) gives the bits of the same GEMM on B stored densely, for `beta`
+/// 0 and 1, over shapes with partial tiles and two `k` blocks; rows that would reach
+/// past the data are refused and packed instead.
+#[test]
+fn in_place_rows_match_packed_rows() {
+    let (m, k, n) = (19, 300, 70);
+    let f = |i: usize, j: usize| ((i * 7 + j * 3) % 11) as f64 * 0.37 - 1.9;
+    let dense: Vec<f64> = (0..k * n).map(|x| f(x / n, x % n)).collect();
+    // Row i at a scattered place: rows in reverse order, gaps of i % 5.
+    let stride = n + 5;
+    let offsets: Vec<usize> = (0..k).map(|i| (k - 1 - i) * stride + i % 5).collect();
+    let mut data = vec![f64::NAN; k * stride];
+    for (i, &o) in offsets.iter().enumerate() {
+        data[o..o + n].copy_from_slice(&dense[i * n..][..n]);
+    }
+    let a: Vec<f64> = (0..m * k).map(|x| (x % 5) as f64 * 0.5 - 1.1).collect();
+    let c0: Vec<f64> = (0..m * n).map(|x| (x % 3) as f64 - 1.0).collect();
+    for &isa in &PATHS {
+        for beta in [0.0, 1.0] {
+            let mut want = c0.clone();
+            gemm_on(
+                isa,
+                1.0,
+                MatRef::row_major(&a, m, k, k),
+                MatRef::row_major(&dense, k, n, n),
+                beta,
+                MatMut::row_major(&mut want, m, n, n),
+            );
+            for visible in [data.len(), offsets[0] + n - 1] {
+                let b = ScatteredB {
+                    data: &data,
+                    offsets: offsets.clone(),
+                    n,
+                    visible,
+                };
+                let mut got = c0.clone();
+                gemm_packed_on(
+                    isa,
+                    1.0,
+                    &StridedA(MatRef::row_major(&a, m, k, k)),
+                    &b,
+                    beta,
+                    MatMut::row_major(&mut got, m, n, n),
+                );
+                assert_eq!(got, want, "{isa:?} beta {beta} visible {visible}");
+            }
+        }
+    }
+}

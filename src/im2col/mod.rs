@@ -26,7 +26,8 @@ mod padded;
 use std::ops::Range;
 
 pub(crate) use padded::{
-    PaddedIm2colB, PaddedIm2colTB, PaddedLayout, col2im_padded, pad_planes, unpad_planes,
+    PaddedIm2colB, PaddedIm2colTB, PaddedLayout, WideIm2colB, col2im_padded, pad_planes,
+    unpad_planes, wide_len,
 };
 
 use crate::blocked::PackB;

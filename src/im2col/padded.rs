@@ -386,6 +386,72 @@ fn pack_padded_body<T: Element, const FMA: bool>(
     }
 }
 
+/// The column matrix of one group over *wide* columns, for a GEMM that reads its B rows
+/// in place ([`PackB::rows_in_place`]): with planes in [`PaddedLayout::with_row_phases`],
+/// output pixel `(p, q)` of tap row `(c, r, s)` is at `tap_offset(c, r, s) + p·row_len +
+/// q`, so over the flat index `f = p·row_len + q` every tap row is one contiguous run of
+/// the planes. Column `f` with `q = f % row_len ≥ Q` is a junk column (it reads real
+/// memory but belongs to no output pixel; the caller drops it). Columns are
+/// `f0 .. f0 + len`, within `0 .. wide_len(geo, layout)`.
+pub(crate) struct WideIm2colB<'a, T> {
+    pub geo: &'a ConvGeometry,
+    /// A row-phased layout ([`PaddedLayout::with_row_phases`]).
+    pub layout: &'a PaddedLayout,
+    /// The whole padded image.
+    pub planes: &'a [T],
+    /// First channel of the group.
+    pub channel0: usize,
+    /// Channels of the group.
+    pub channels: usize,
+    /// First wide column.
+    pub f0: usize,
+    /// Columns.
+    pub len: usize,
+}
+
+/// Wide columns of an output plane: `(P − 1)·row_len + Q` (the last row needs no junk).
+pub(crate) fn wide_len(geo: &ConvGeometry, layout: &PaddedLayout) -> usize {
+    geo.h.output.saturating_sub(1) * layout.row_len + geo.w.output
+}
+
+impl<T: Element> PackB<T> for WideIm2colB<'_, T> {
+    fn depth(&self) -> usize {
+        self.channels * self.geo.taps
+    }
+
+    fn cols(&self) -> usize {
+        self.len
+    }
+
+    /// Each row is one copy from its tap offset (the driver asks only for the last,
+    /// partial panel: the others are read in place).
+    fn pack_b(&self, nr: usize, depth: Range<usize>, cols: Range<usize>, dst: &mut [T]) {
+        let kc = depth.len();
+        assert_eq!(
+            dst.len(),
+            cols.len().div_ceil(nr) * nr * kc,
+            "pack_b: wrong destination length"
+        );
+        for (panel, j0) in dst.chunks_exact_mut(nr * kc).zip(cols.clone().step_by(nr)) {
+            let width = nr.min(cols.end - j0);
+            let mut taps = TapSteps::new(self.geo, self.layout, self.channel0, depth.start);
+            for row in panel.chunks_exact_mut(nr) {
+                let from = taps.next() + self.f0 + j0;
+                row[..width].copy_from_slice(&self.planes[from..][..width]);
+                row[width..].fill(T::ZERO);
+            }
+        }
+    }
+
+    fn rows_in_place(&self, depth: Range<usize>, offsets: &mut [usize]) -> Option<&[T]> {
+        let mut taps = TapSteps::new(self.geo, self.layout, self.channel0, depth.start);
+        for o in &mut offsets[..depth.len()] {
+            *o = taps.next() + self.f0;
+        }
+        Some(self.planes)
+    }
+}
+
 /// Rows of the B packer's tap-offset table (a stack array; deeper blocks are packed in
 /// several passes over the panels). 256 covers every `KC` of the blocked GEMM in one
 /// pass; the unit tests use 5 so that their small layers take several.
