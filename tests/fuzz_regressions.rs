@@ -150,6 +150,81 @@ fn depthwise_with_padding_far_beyond_the_kernel() {
     }
 }
 
+/// Found by `conv_never_panics` on the row-phased padded layout (the direct weight
+/// gradient asks for it in `Conv2d::workspace`): a padded height near 2^64 with a stride
+/// that does not divide it made `row phases × rows per phase` overflow `usize`. Such a
+/// layout is now refused (the passes lower without it); the overflow panics in debug and
+/// fuzz builds, and in release the passes must still match the reference.
+#[test]
+fn row_phases_of_a_height_near_usize_max() {
+    let spec = Conv2dSpec {
+        batch: 2,
+        in_channels: 1,
+        in_h: 1,
+        in_w: 3,
+        out_channels: 2,
+        kernel: [1, 1],
+        stride: [1 << 63, 1],
+        padding: [(1 << 63) - 1, 0],
+        ..Default::default()
+    };
+    let conv = Conv2d::new(spec).unwrap();
+    for pass in [
+        convgemm::Pass::Forward,
+        convgemm::Pass::BackwardData,
+        convgemm::Pass::BackwardWeights,
+    ] {
+        let ws = conv.workspace::<f32>(pass);
+        assert!(ws.column_bytes_per_task < 1 << 20, "{pass:?}: {ws:?}");
+    }
+    check_all_passes(spec);
+}
+
+/// Found by `conv_never_panics` right after the padded planes gained row phases: with a
+/// single output row, `stride_h · row_len` (the step between output rows, never taken)
+/// overflowed `usize` in the weight gradient's packer; likewise the tap stepping of a
+/// one-row kernel with a huge dilation. Both are now computed only where they are real.
+#[test]
+fn huge_height_stride_and_dilation() {
+    for (stride, dilation) in [(1usize << 62, 1usize), (3, 1 << 62), (1 << 62, 1 << 62)] {
+        let spec = Conv2dSpec {
+            batch: 2,
+            in_channels: 3,
+            in_h: 5,
+            in_w: 6,
+            out_channels: 2,
+            kernel: [1, 3],
+            stride: [stride, 1],
+            padding: [1, 1],
+            dilation: [dilation, 1],
+            ..Default::default()
+        };
+        check_all_passes(spec);
+    }
+}
+
+/// Found by `conv_never_panics` on the padded planes: with a width stride near
+/// `usize::MAX` and a padding wider than a phase index, the first image column of a
+/// phase, `lo·stride + phase − pad`, overflowed before it was clamped (the phase holds
+/// no image column).
+#[test]
+fn width_stride_near_usize_max_with_wide_padding() {
+    for stride in [usize::MAX - 1, usize::MAX] {
+        let spec = Conv2dSpec {
+            batch: 2,
+            in_channels: 2,
+            in_h: 4,
+            in_w: 5,
+            out_channels: 2,
+            kernel: [3, 3],
+            stride: [1, stride],
+            padding: [1, 3],
+            ..Default::default()
+        };
+        check_all_passes(spec);
+    }
+}
+
 /// All three passes of `spec` against the reference on small-integer data (exact).
 fn check_all_passes(spec: Conv2dSpec) {
     let conv = Conv2d::new(spec).unwrap();

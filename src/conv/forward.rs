@@ -213,7 +213,8 @@ fn wide_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
     if !fused(geo) || geo.h.stride != 1 || geo.w.stride != 1 {
         return None;
     }
-    PaddedLayout::with_row_phases(geo).filter(|layout| layout.row_len * 16 <= geo.w.output * 17)
+    PaddedLayout::with_row_phases(geo)
+        .filter(|layout| layout.row_len.saturating_mul(16) <= geo.w.output.saturating_mul(17))
 }
 
 /// Wide columns per tile of the wide path: a multiple of 32 (whole GEMM panels).

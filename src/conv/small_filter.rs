@@ -71,8 +71,9 @@ pub(crate) fn applies(geo: &ConvGeometry, elem_size: usize) -> bool {
     sized
         && geo.groups == 1
         && geo.out_channels <= MAX_FILTERS
-        && PaddedLayout::with_row_phases(geo)
-            .is_some_and(|layout| layout.row_len * 4 <= geo.w.output * 5)
+        && PaddedLayout::with_row_phases(geo).is_some_and(|layout| {
+            layout.row_len.saturating_mul(4) <= geo.w.output.saturating_mul(5)
+        })
 }
 
 /// Image chunks (tasks): fixed by the batch size alone.
@@ -98,7 +99,7 @@ fn scratch_parts(
 
 /// Output rows per band of flat `dy`: as many as fit [`BAND_BYTES`], at least one.
 fn band_rows(geo: &ConvGeometry, layout: &PaddedLayout, elem_size: usize) -> usize {
-    let row_bytes = geo.out_channels * layout.row_len * elem_size;
+    let row_bytes = (geo.out_channels * elem_size).saturating_mul(layout.row_len);
     (BAND_BYTES / row_bytes.max(1)).clamp(1, geo.h.output.max(1))
 }
 

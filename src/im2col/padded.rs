@@ -82,7 +82,9 @@ impl PaddedLayout {
         let row_len = cols.div_ceil(modulus);
         let rows_per_phase = rows.div_ceil(row_phases);
         // row_phases · rows_per_phase < rows + stride_h.
-        let phase_len = (row_phases * rows_per_phase).checked_mul(row_len)?;
+        let phase_len = row_phases
+            .checked_mul(rows_per_phase)?
+            .checked_mul(row_len)?;
         // phases · row_len < cols + stride_w, so channel_len < (rows + stride_h) ·
         // (cols + stride_w).
         let channel_len = phase_len.checked_mul(phases)?;
@@ -106,7 +108,7 @@ impl PaddedLayout {
     /// Where padded row `row` is stored: its row index within a column phase.
     #[inline]
     fn stored_row(&self, row: usize) -> usize {
-        (row % self.row_phases) * self.rows_per_phase + row / self.row_phases
+        ((row % self.row_phases) * self.rows_per_phase).saturating_add(row / self.row_phases)
     }
 
     /// Elements of the padded copy of `channels` channels.
@@ -124,10 +126,12 @@ impl PaddedLayout {
             + shift / self.modulus
     }
 
-    /// Output rows `p` and `p + 1` are this far apart past any tap offset.
+    /// Output rows `p` and `p + 1` are this far apart past any tap offset. Saturating:
+    /// with a single output row (a huge stride) no step is ever taken, and `p·step` for a
+    /// real row `p` is an offset inside the planes.
     #[inline]
     fn output_row_step(&self, geo: &ConvGeometry) -> usize {
-        geo.h.stride / self.row_phases * self.row_len
+        (geo.h.stride / self.row_phases).saturating_mul(self.row_len)
     }
 
     /// Offset of output pixel `pix = p·Q + q` relative to its row's tap offset.
@@ -149,8 +153,12 @@ impl PaddedLayout {
             .saturating_sub(phase)
             .div_ceil(m)
             .clamp(lo, self.row_len);
-        // `first` is clamped for phases without image columns (lo == hi).
-        (lo, hi, (lo * m + phase).saturating_sub(pw).min(w))
+        // `first` is clamped for phases without image columns (lo == hi; with a huge
+        // stride, lo·m + phase may not even be representable).
+        let first = (lo.saturating_mul(m).saturating_add(phase))
+            .saturating_sub(pw)
+            .min(w);
+        (lo, hi, first)
     }
 }
 
@@ -261,13 +269,15 @@ fn col2im_padded_body<T: Element, const FMA: bool>(
     for src_row in col[..rows * len].chunks_exact(len) {
         let tap = taps.next();
         // Runs: the tile's pixels split at output-row boundaries.
-        let (mut at, mut q, mut pixel) = (0, q0, tap + p0 * row_step);
+        let (mut at, mut q, mut p) = (0, q0, p0);
         while at < len {
             let run = (out_w - q).min(len - at);
-            add_exact(&mut planes[pixel + q..][..run], &src_row[at..][..run]);
+            // p is a real output row: p·row_step + q lies inside the planes.
+            let pixel = tap + p * row_step + q;
+            add_exact(&mut planes[pixel..][..run], &src_row[at..][..run]);
             at += run;
             q = 0;
-            pixel += row_step;
+            p += 1;
         }
     }
 }
@@ -504,7 +514,10 @@ impl TapSteps {
             col: shift / layout.modulus,
             r_count: geo.h.kernel,
             s_count: geo.w.kernel,
-            r_step: layout.stored_row(geo.h.dilation) * layout.row_len,
+            // Saturating: only stepped with (and then exact for) R > 1.
+            r_step: layout
+                .stored_row(geo.h.dilation)
+                .saturating_mul(layout.row_len),
             r_phase_step: geo.h.dilation % layout.row_phases,
             r_carry: (layout.row_phases * layout.rows_per_phase - 1) * layout.row_len,
             row_phases: layout.row_phases,
@@ -530,16 +543,17 @@ impl TapSteps {
         } else {
             (self.s, self.phase, self.col) = (0, 0, 0);
             self.r += 1;
-            self.r_off += self.r_step;
-            self.r_phase += self.r_phase_step;
-            if self.r_phase >= self.row_phases {
-                // Past the last row phase: back to phase 0, one stored row further.
-                self.r_phase -= self.row_phases;
-                self.r_off -= self.r_carry;
-            }
             if self.r == self.r_count {
                 (self.r, self.r_off, self.r_phase) = (0, 0, 0);
                 self.channel_base += self.channel_len;
+            } else {
+                self.r_off += self.r_step;
+                self.r_phase += self.r_phase_step;
+                if self.r_phase >= self.row_phases {
+                    // Past the last row phase: back to phase 0, one stored row further.
+                    self.r_phase -= self.row_phases;
+                    self.r_off -= self.r_carry;
+                }
             }
         }
         offset
