@@ -774,6 +774,20 @@ mod tests {
         })
     }
 
+    /// Runs `check` on 300 random valid cases drawn from `seed`, each with 1 to
+    /// `max_groups` groups (`case.spec.groups`); `check` may draw more from the generator.
+    fn each_case(seed: u64, max_groups: usize, mut check: impl FnMut(&mut Rng, Case)) {
+        let mut rng = Rng(seed);
+        let mut checked = 0;
+        while checked < 300 {
+            let groups = 1 + rng.below(max_groups);
+            if let Some(case) = random_case(&mut rng, groups) {
+                check(&mut rng, case);
+                checked += 1;
+            }
+        }
+    }
+
     /// Column-matrix element `(row, pix)` of group channels `c0..`, straight from the
     /// definition (zero in the padding).
     fn column(geo: &ConvGeometry, x: &[f64], c0: usize, row: usize, pix: usize) -> f64 {
@@ -829,44 +843,41 @@ mod tests {
     /// destination (NaN) never survives.
     #[test]
     fn packs_the_column_matrix() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let mut checked = 0;
-        while checked < 300 {
-            let groups = 1 + rng.below(2);
-            let Some(Case {
-                spec,
-                geo,
-                layout,
-                x,
-                planes,
-            }) = random_case(&mut rng, groups)
-            else {
-                continue;
-            };
-            let cg = geo.channels_per_group;
-            let g = rng.below(groups);
-            let pix0 = rng.below(geo.out_plane);
-            let len = 1 + rng.below(geo.out_plane - pix0);
-            let b = PaddedIm2colB {
-                geo: &geo,
-                layout: &layout,
-                planes: &planes,
-                channel0: g * cg,
-                channels: cg,
-                pix0,
-                len,
-            };
-            let depth = PackB::<f64>::depth(&b);
-            let nr = [1, 4, 8, 16, 32, 67][rng.below(6)];
-            let d0 = rng.below(depth);
-            let d1 = d0 + 1 + rng.below(depth - d0);
-            let j0 = rng.below(len);
-            let j1 = j0 + 1 + rng.below(len - j0);
-            let want = |row: usize, col: usize| column(&geo, &x, g * cg, row, pix0 + col);
-            let what = format!("{spec:?} pix0 {pix0}");
-            check_packed(&b, nr, d0..d1, j0..j1, want, &what);
-            checked += 1;
-        }
+        each_case(
+            0x9e37_79b9_7f4a_7c15,
+            2,
+            |rng,
+             Case {
+                 spec,
+                 geo,
+                 layout,
+                 x,
+                 planes,
+             }| {
+                let cg = geo.channels_per_group;
+                let g = rng.below(spec.groups);
+                let pix0 = rng.below(geo.out_plane);
+                let len = 1 + rng.below(geo.out_plane - pix0);
+                let b = PaddedIm2colB {
+                    geo: &geo,
+                    layout: &layout,
+                    planes: &planes,
+                    channel0: g * cg,
+                    channels: cg,
+                    pix0,
+                    len,
+                };
+                let depth = PackB::<f64>::depth(&b);
+                let nr = [1, 4, 8, 16, 32, 67][rng.below(6)];
+                let d0 = rng.below(depth);
+                let d1 = d0 + 1 + rng.below(depth - d0);
+                let j0 = rng.below(len);
+                let j1 = j0 + 1 + rng.below(len - j0);
+                let want = |row: usize, col: usize| column(&geo, &x, g * cg, row, pix0 + col);
+                let what = format!("{spec:?} pix0 {pix0}");
+                check_packed(&b, nr, d0..d1, j0..j1, want, &what);
+            },
+        );
     }
 
     /// The transposed packer, likewise: every packed element is the column-matrix
@@ -874,58 +885,54 @@ mod tests {
     /// (including one past `MAX_PANEL`) and sub-blocks, on the paths this CPU has.
     #[test]
     fn packs_the_transposed_column_matrix() {
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        let mut checked = 0;
-        while checked < 300 {
-            let Some(Case {
-                spec,
-                geo,
-                layout,
-                x,
-                planes,
-            }) = random_case(&mut rng, 1)
-            else {
-                continue;
-            };
-            let b = PaddedIm2colTB {
-                geo: &geo,
-                layout: &layout,
-                planes: &planes,
-                channels: geo.in_channels,
-            };
-            let (pixels, taps) = (PackB::<f64>::depth(&b), PackB::<f64>::cols(&b));
-            let nr = [1, 4, 8, 16, 32, MAX_PANEL + 3][rng.below(6)];
-            let d0 = rng.below(pixels);
-            let d1 = d0 + 1 + rng.below(pixels - d0);
-            let j0 = rng.below(taps);
-            let j1 = j0 + 1 + rng.below(taps - j0);
-            let want = |pixel: usize, tap: usize| column(&geo, &x, 0, tap, pixel);
-            check_packed(&b, nr, d0..d1, j0..j1, want, &format!("{spec:?}"));
-            checked += 1;
-        }
+        each_case(
+            0x2545_f491_4f6c_dd1d,
+            1,
+            |rng,
+             Case {
+                 spec,
+                 geo,
+                 layout,
+                 x,
+                 planes,
+             }| {
+                let b = PaddedIm2colTB {
+                    geo: &geo,
+                    layout: &layout,
+                    planes: &planes,
+                    channels: geo.in_channels,
+                };
+                let (pixels, taps) = (PackB::<f64>::depth(&b), PackB::<f64>::cols(&b));
+                let nr = [1, 4, 8, 16, 32, MAX_PANEL + 3][rng.below(6)];
+                let d0 = rng.below(pixels);
+                let d1 = d0 + 1 + rng.below(pixels - d0);
+                let j0 = rng.below(taps);
+                let j1 = j0 + 1 + rng.below(taps - j0);
+                let want = |pixel: usize, tap: usize| column(&geo, &x, 0, tap, pixel);
+                check_packed(&b, nr, d0..d1, j0..j1, want, &format!("{spec:?}"));
+            },
+        );
     }
 
     /// Dropping the padding of padded planes gives back the image, exactly.
     #[test]
     fn unpad_inverts_pad() {
-        let mut rng = Rng(0x6a09_e667_f3bc_c908);
-        let mut checked = 0;
-        while checked < 300 {
-            let Some(Case {
-                x,
-                geo,
-                layout,
-                planes,
-                ..
-            }) = random_case(&mut rng, 1)
-            else {
-                continue;
-            };
-            let mut back = vec![f64::NAN; x.len()];
-            unpad_planes(&geo, &layout, &planes, &mut back);
-            assert_eq!(back, x, "{geo:?}");
-            checked += 1;
-        }
+        each_case(
+            0x6a09_e667_f3bc_c908,
+            1,
+            |_,
+             Case {
+                 x,
+                 geo,
+                 layout,
+                 planes,
+                 ..
+             }| {
+                let mut back = vec![f64::NAN; x.len()];
+                unpad_planes(&geo, &layout, &planes, &mut back);
+                assert_eq!(back, x, "{geo:?}");
+            },
+        );
     }
 
     /// col2im into padded planes, then unpadded, adds every element of a column tile to
@@ -933,41 +940,39 @@ mod tests {
     /// the definition's sums, bit for bit.
     #[test]
     fn col2im_padded_scatters_the_column_matrix() {
-        let mut rng = Rng(0xbb67_ae85_84ca_a73b);
-        let mut checked = 0;
-        while checked < 300 {
-            let Some(Case {
-                spec,
-                geo,
-                layout,
-                x,
-                ..
-            }) = random_case(&mut rng, 1)
-            else {
-                continue;
-            };
-            let rows = geo.col_rows;
-            let pix0 = rng.below(geo.out_plane);
-            let len = 1 + rng.below(geo.out_plane - pix0);
-            // Not integers: the sums round, so equal bits mean the same order of additions.
-            let col: Vec<f64> = (0..rows * len)
-                .map(|_| rng.below(1 << 20) as f64 * 1e-3 - 0.3)
-                .collect();
-            let mut want = vec![0.0; x.len()];
-            for row in 0..rows {
-                for j in 0..len {
-                    if let Some(i) = input_index(&geo, 0, row, pix0 + j) {
-                        want[i] += col[row * len + j];
+        each_case(
+            0xbb67_ae85_84ca_a73b,
+            1,
+            |rng,
+             Case {
+                 spec,
+                 geo,
+                 layout,
+                 x,
+                 ..
+             }| {
+                let rows = geo.col_rows;
+                let pix0 = rng.below(geo.out_plane);
+                let len = 1 + rng.below(geo.out_plane - pix0);
+                // Not integers: the sums round, so equal bits mean the same order of additions.
+                let col: Vec<f64> = (0..rows * len)
+                    .map(|_| rng.below(1 << 20) as f64 * 1e-3 - 0.3)
+                    .collect();
+                let mut want = vec![0.0; x.len()];
+                for row in 0..rows {
+                    for j in 0..len {
+                        if let Some(i) = input_index(&geo, 0, row, pix0 + j) {
+                            want[i] += col[row * len + j];
+                        }
                     }
                 }
-            }
-            let mut planes = vec![0.0; layout.buffer_len(geo.in_channels)];
-            col2im_padded(&geo, &layout, &col, pix0, len, &mut planes);
-            let mut got = vec![f64::NAN; x.len()];
-            unpad_planes(&geo, &layout, &planes, &mut got);
-            assert_eq!(got, want, "{spec:?} pixels {pix0}+{len}");
-            checked += 1;
-        }
+                let mut planes = vec![0.0; layout.buffer_len(geo.in_channels)];
+                col2im_padded(&geo, &layout, &col, pix0, len, &mut planes);
+                let mut got = vec![f64::NAN; x.len()];
+                unpad_planes(&geo, &layout, &planes, &mut got);
+                assert_eq!(got, want, "{spec:?} pixels {pix0}+{len}");
+            },
+        );
     }
 
     /// Huge padding has no padded layout (the caller lowers from the image itself).
