@@ -101,55 +101,43 @@ pub struct Portable;
 const P_MR: usize = 4;
 const P_NR: usize = 8;
 
-macro_rules! impl_portable {
-    ($t:ty) => {
-        impl Kernel<$t> for Portable {
-            const MR: usize = P_MR;
-            const NR: usize = P_NR;
-            /// Same cache reasoning as the SIMD kernels, scaled to the small tile: the
-            /// B panel `KC × NR` (16 KiB for f32) stays in L1 while the A block streams.
-            const KC: usize = 256;
-            /// `MC × KC` in half of the 1 MiB L2.
-            const MC: usize = 128;
-            /// `KC × NC` (f32: 512 KiB) in the other half of L2.
-            const NC: usize = 512;
+impl<T: crate::Element> Kernel<T> for Portable {
+    const MR: usize = P_MR;
+    const NR: usize = P_NR;
+    /// Same cache reasoning as the SIMD kernels, scaled to the small tile: the
+    /// B panel `KC × NR` (16 KiB for f32) stays in L1 while the A block streams.
+    const KC: usize = 256;
+    /// `MC × KC` in half of the 1 MiB L2.
+    const MC: usize = 128;
+    /// `KC × NC` (f32: 512 KiB) in the other half of L2.
+    const NC: usize = 512;
 
-            #[inline]
-            unsafe fn kernel(
-                k: usize,
-                alpha: $t,
-                a: *const $t,
-                b: *const $t,
-                beta: $t,
-                c: *mut $t,
-                rsc: isize,
-            ) {
-                // SAFETY: the caller guarantees `b` holds k·NR elements: row p is at
-                // b + p·NR.
-                let row = |p: usize| unsafe { b.add(p * P_NR) };
-                // SAFETY: forwarded (`a` and `c` as the caller guarantees).
-                unsafe { portable_tile(k, alpha, a, row, beta, c, rsc) }
-            }
+    #[inline]
+    unsafe fn kernel(k: usize, alpha: T, a: *const T, b: *const T, beta: T, c: *mut T, rsc: isize) {
+        // SAFETY: the caller guarantees `b` holds k·NR elements: row p is at
+        // b + p·NR.
+        let row = |p: usize| unsafe { b.add(p * P_NR) };
+        // SAFETY: forwarded (`a` and `c` as the caller guarantees).
+        unsafe { portable_tile(k, alpha, a, row, beta, c, rsc) }
+    }
 
-            #[inline]
-            unsafe fn kernel_rows(
-                k: usize,
-                alpha: $t,
-                a: *const $t,
-                b: *const $t,
-                offsets: *const usize,
-                beta: $t,
-                c: *mut $t,
-                rsc: isize,
-            ) {
-                // SAFETY: the caller guarantees `offsets` holds k elements and row p at
-                // b + offsets[p] holds NR.
-                let row = |p: usize| unsafe { b.add(*offsets.add(p)) };
-                // SAFETY: forwarded.
-                unsafe { portable_tile(k, alpha, a, row, beta, c, rsc) }
-            }
-        }
-    };
+    #[inline]
+    unsafe fn kernel_rows(
+        k: usize,
+        alpha: T,
+        a: *const T,
+        b: *const T,
+        offsets: *const usize,
+        beta: T,
+        c: *mut T,
+        rsc: isize,
+    ) {
+        // SAFETY: the caller guarantees `offsets` holds k elements and row p at
+        // b + offsets[p] holds NR.
+        let row = |p: usize| unsafe { b.add(*offsets.add(p)) };
+        // SAFETY: forwarded.
+        unsafe { portable_tile(k, alpha, a, row, beta, c, rsc) }
+    }
 }
 
 /// The portable kernel's tile, B row `p` at `row(p)`.
@@ -194,9 +182,6 @@ unsafe fn portable_tile<T: crate::Element>(
         }
     }
 }
-
-impl_portable!(f32);
-impl_portable!(f64);
 
 /// Writes a SIMD microkernel as a `#[target_feature]` function `$name::<NV>`.
 ///
