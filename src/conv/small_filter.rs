@@ -134,12 +134,15 @@ pub(crate) fn backward_weights<T: Element>(
     let x_image = geo.in_channels * geo.in_plane;
     let y_image = k_count * geo.out_plane;
     let (q_count, row_len) = (geo.w.output, layout.row_len);
-    let offsets: Vec<usize> = (0..taps)
-        .map(|row| {
-            let (c, tap) = (row / geo.taps, row % geo.taps);
-            layout.tap_offset(geo, c, tap / geo.w.kernel, tap % geo.w.kernel)
-        })
-        .collect();
+    // The taps' offsets on the stack (applies() bounds them by MAX_TAPS): no allocation
+    // per call.
+    let mut offset_table = [0usize; MAX_TAPS];
+    let offsets = &mut offset_table[..taps];
+    for (row, o) in offsets.iter_mut().enumerate() {
+        let (c, tap) = (row / geo.taps, row % geo.taps);
+        *o = layout.tap_offset(geo, c, tap / geo.w.kernel, tap % geo.w.kernel);
+    }
+    let offsets = &*offsets;
     let band = band_rows(geo, &layout, size_of::<T>());
     let (padded_len, flat_total, lanes_len) = scratch_parts(geo, &layout, size_of::<T>());
     let chunk_count = chunks(geo);
@@ -184,9 +187,7 @@ pub(crate) fn backward_weights<T: Element>(
                     let x_band = &padded[p0 * row_len..];
                     for k0 in (0..k_count).step_by(KB) {
                         for t0 in (0..taps).step_by(TB) {
-                            dot_block(
-                                dy_flat, flat, k0, k_count, x_band, &offsets, t0, lanes, taps,
-                            );
+                            dot_block(dy_flat, flat, k0, k_count, x_band, offsets, t0, lanes, taps);
                         }
                     }
                 }
