@@ -86,13 +86,14 @@ pub(crate) fn madd<T: crate::Element, const FMA: bool>(a: T, b: T, c: T) -> T {
     if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
-/// Accumulators of [`sum`]: one AVX-512 vector of f32.
-const SUM_LANES: usize = 16;
+/// Accumulators of [`sum`]: four AVX-512 vectors of f32, so four independent chains of
+/// adds hide the adds' latency (one chain ran at a quarter of the load rate).
+const SUM_LANES: usize = 64;
 
 crate::dispatch! {
-    /// The sum of `v` in a fixed order: element `i` goes to accumulator `i % 16` (in
-    /// order), then the 16 accumulators are added pairwise (`j + 8` into `j`, then `j + 4`,
-    /// ...). A plain left-to-right sum is one long chain of dependent adds (4 cycles each);
+    /// The sum of `v` in a fixed order: element `i` goes to accumulator `i % 64` (in
+    /// order), then the 64 accumulators are added pairwise (`j + 32` into `j`, then
+    /// `j + 16`, ...). A plain left-to-right sum is one long chain of dependent adds (4 cycles each);
     /// this one vectorizes and is at least as accurate. The order depends only on the
     /// length, never on the thread count or the path.
     pub(crate) fn sum<T: Element>(v: &[T]) -> T = sum_body;
@@ -158,4 +159,44 @@ macro_rules! dispatch {
             $body::<$t, false>($($arg),*)
         }
     };
+}
+
+/// Elements per move of [`copy_exact`]: one 64-byte vector of `f32`.
+const COPY_CHUNK: usize = 16;
+
+/// `dst = src` (equal lengths) with fixed-width moves, never touching anything outside
+/// either slice: whole [`COPY_CHUNK`]s and a last chunk that overlaps the one before it, or
+/// two overlapping halves, quarters, ... for short runs. Fixed widths compile to vector
+/// moves; a variable-length `copy_from_slice` would be a `memcpy` call per run.
+#[inline(always)]
+pub(crate) fn copy_exact<T: Copy>(dst: &mut [T], src: &[T]) {
+    #[inline(always)]
+    fn chunk<T: Copy, const W: usize>(dst: &mut [T], src: &[T], at: usize) {
+        let to: &mut [T; W] = (&mut dst[at..at + W]).try_into().unwrap();
+        *to = src[at..at + W].try_into().unwrap();
+    }
+    #[inline(always)]
+    fn pair<T: Copy, const W: usize>(dst: &mut [T], src: &[T]) {
+        let len = dst.len();
+        chunk::<T, W>(dst, src, 0);
+        chunk::<T, W>(dst, src, len - W);
+    }
+    let len = dst.len();
+    assert_eq!(len, src.len());
+    if len >= COPY_CHUNK {
+        let mut at = 0;
+        while at + COPY_CHUNK < len {
+            chunk::<T, COPY_CHUNK>(dst, src, at);
+            at += COPY_CHUNK;
+        }
+        chunk::<T, COPY_CHUNK>(dst, src, len - COPY_CHUNK);
+    } else if len >= COPY_CHUNK / 2 {
+        pair::<T, { COPY_CHUNK / 2 }>(dst, src);
+    } else if len >= COPY_CHUNK / 4 {
+        pair::<T, { COPY_CHUNK / 4 }>(dst, src);
+    } else if len >= 2 {
+        pair::<T, 2>(dst, src);
+    } else if len == 1 {
+        dst[0] = src[0];
+    }
 }

@@ -35,7 +35,7 @@ use crate::element::Element;
 use crate::shape::ConvGeometry;
 use crate::simd;
 
-/// Elements per move of a run copy ([`copy_exact`]).
+/// Elements per vector add of [`add_exact`].
 const CHUNK: usize = 16;
 
 /// Where the padded planes of one image keep each element; see the module doc.
@@ -380,7 +380,7 @@ fn pack_padded_body<T: Element, const FMA: bool>(
                 let len = (out_w - pix % out_w).min(width - at);
                 let pixel = layout.pixel_offset(geo, pix);
                 for (kk, &tap) in (kk0..).zip(tap_block) {
-                    copy_exact(
+                    simd::copy_exact(
                         &mut panel[kk * nr + at..][..len],
                         &this.planes[tap + pixel..][..len],
                     );
@@ -639,43 +639,6 @@ impl<T: Element> PackB<T> for PaddedIm2colTB<'_, T> {
                 }
             }
         }
-    }
-}
-
-/// `dst = src` (equal lengths) with fixed-width moves, never touching anything outside
-/// either slice: whole [`CHUNK`]s and a last chunk that overlaps the one before it, or
-/// two overlapping halves, quarters, ... for short runs. Fixed widths compile to vector
-/// moves; a variable-length `copy_from_slice` would be a `memcpy` call per run.
-#[inline(always)]
-fn copy_exact<T: Copy>(dst: &mut [T], src: &[T]) {
-    #[inline(always)]
-    fn chunk<T: Copy, const W: usize>(dst: &mut [T], src: &[T], at: usize) {
-        let to: &mut [T; W] = (&mut dst[at..at + W]).try_into().unwrap();
-        *to = src[at..at + W].try_into().unwrap();
-    }
-    #[inline(always)]
-    fn pair<T: Copy, const W: usize>(dst: &mut [T], src: &[T]) {
-        let len = dst.len();
-        chunk::<T, W>(dst, src, 0);
-        chunk::<T, W>(dst, src, len - W);
-    }
-    let len = dst.len();
-    assert_eq!(len, src.len());
-    if len >= CHUNK {
-        let mut at = 0;
-        while at + CHUNK < len {
-            chunk::<T, CHUNK>(dst, src, at);
-            at += CHUNK;
-        }
-        chunk::<T, CHUNK>(dst, src, len - CHUNK);
-    } else if len >= CHUNK / 2 {
-        pair::<T, { CHUNK / 2 }>(dst, src);
-    } else if len >= CHUNK / 4 {
-        pair::<T, { CHUNK / 4 }>(dst, src);
-    } else if len >= 2 {
-        pair::<T, 2>(dst, src);
-    } else if len == 1 {
-        dst[0] = src[0];
     }
 }
 

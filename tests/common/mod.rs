@@ -223,6 +223,18 @@ pub fn battery() -> Vec<Case> {
             name: "many_images_few_pixels",
             spec: spec(20, 2, [4, 4], 3, [2, 2], one, zero, one, 1),
         },
+        // Rows of at least 16 outputs take the row kernel of the depthwise forward (a
+        // partial last block overlapping the one before it: 37 = 16 + 16 + 5, and exactly
+        // one block: 16); more than 8 filters make several filter blocks of the weight
+        // gradient, the last one partial (12 = 8 + 4, 20 = 8 + 8 + 4).
+        Case {
+            name: "depthwise_wide_rows",
+            spec: spec(2, 12, [6, 37], 12, [3, 3], one, one, one, 12),
+        },
+        Case {
+            name: "depthwise_wide_dilated_multiplier",
+            spec: spec(2, 10, [5, 20], 20, [3, 5], one, [1, 2], [1, 2], 10),
+        },
     ]
 }
 

@@ -42,8 +42,9 @@ fn unit_stride(geo: &ConvGeometry) -> bool {
 /// would make that buffer much larger than the data, so such layers take the GEMM path,
 /// which never materializes the padding. The bound allows 4× the input and output planes.
 ///
-/// The scratch of any pass ([`scratch_len`]) is at most 7 padded planes; it must also be
-/// addressable in bytes (`f64`), so [`Conv2d::workspace`](crate::Conv2d::workspace) cannot
+/// The scratch of any pass ([`scratch_len`]) is at most 7 padded planes, plus for the
+/// weight gradient `FILTER_BLOCK·(taps + 1)·LANES` lane sums, at most 256 more (the taps
+/// fit in the padded plane); it must also be addressable in bytes (`f64`), so [`Conv2d::workspace`](crate::Conv2d::workspace) cannot
 /// overflow even for valid plans with astronomically large planes.
 pub(crate) fn padding_is_moderate(geo: &ConvGeometry) -> bool {
     let (hp, wp) = padded_dims(geo);
@@ -52,7 +53,7 @@ pub(crate) fn padding_is_moderate(geo: &ConvGeometry) -> bool {
         .saturating_add(1024);
     let addressable = |padded: usize| {
         padded
-            .checked_mul(7 * size_of::<f64>())
+            .checked_mul((7 + 2 * FILTER_BLOCK * LANES) * size_of::<f64>())
             .is_some_and(|bytes| bytes <= isize::MAX as usize)
     };
     hp.checked_mul(wp)
@@ -92,10 +93,24 @@ impl<T: Element> Planes<T> {
     }
 }
 
-/// Copies `src` (rows of `src_w`) into `dst` (rows of `dst_w`), moved down by `shift_h`
-/// rows and right by `shift_w` columns; what falls outside `dst` is dropped. Positions of
-/// `dst` not covered keep their contents.
-fn place<T: Element>(
+crate::dispatch! {
+    /// Copies `src` (rows of `src_w`) into `dst` (rows of `dst_w`), moved down by `shift_h`
+    /// rows and right by `shift_w` columns; what falls outside `dst` is dropped. Positions of
+    /// `dst` not covered keep their contents. Rows are copied with inline vector moves
+    /// ([`copy_exact`](crate::simd::copy_exact)): a `memcpy` call per row of a small plane
+    /// cost as much as the convolution itself.
+    fn place<T: Element>(
+        src: &[T],
+        src_w: usize,
+        dst: &mut [T],
+        dst_w: usize,
+        shift_h: isize,
+        shift_w: isize,
+    ) = place_body;
+}
+
+#[inline(always)]
+fn place_body<T: Element, const FMA: bool>(
     src: &[T],
     src_w: usize,
     dst: &mut [T],
@@ -120,7 +135,7 @@ fn place<T: Element>(
             break;
         }
         let len = (c1 - c0).min(dst.len() - start);
-        dst[start..start + len].copy_from_slice(&row[c0..c0 + len]);
+        crate::simd::copy_exact(&mut dst[start..start + len], &row[c0..c0 + len]);
     }
 }
 
@@ -159,7 +174,9 @@ pub(crate) fn scratch_len(geo: &ConvGeometry, pass: crate::Pass) -> usize {
                 + geo.w.input
         }
         crate::Pass::BackwardData => 0,
-        crate::Pass::BackwardWeights => hp * wp + (p - 1) * wp + q,
+        crate::Pass::BackwardWeights => {
+            hp * wp + (p - 1) * wp + q + FILTER_BLOCK * (geo.taps + 1) * LANES
+        }
     }
 }
 
@@ -302,6 +319,11 @@ fn backward_data_scatter<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], dx: 
         });
 }
 
+/// Filters per task of the weight gradient. A task walks the batch once for all of them,
+/// so it reads `FILTER_BLOCK` consecutive planes of `x` and of `dy` per image: runs long
+/// enough for the stream prefetchers, where one plane per image was not.
+const FILTER_BLOCK: usize = 8;
+
 pub(crate) fn backward_weights<T: Element>(
     geo: &ConvGeometry,
     x: &[T],
@@ -309,53 +331,104 @@ pub(crate) fn backward_weights<T: Element>(
     dw: &mut [T],
     db: Option<&mut [T]>,
 ) {
+    let init = || Planes::<T>::new(scratch_len(geo, crate::Pass::BackwardWeights));
+    let block = geo.taps * FILTER_BLOCK;
+    match db {
+        Some(db) => dw
+            .par_chunks_mut(block)
+            .zip(db.par_chunks_mut(FILTER_BLOCK))
+            .enumerate()
+            .for_each_init(init, |planes, (i, (dw, db))| {
+                weight_gradient_block(geo, x, dy, i * FILTER_BLOCK, planes, dw, Some(db));
+            }),
+        None => dw
+            .par_chunks_mut(block)
+            .enumerate()
+            .for_each_init(init, |planes, (i, dw)| {
+                weight_gradient_block(geo, x, dy, i * FILTER_BLOCK, planes, dw, None);
+            }),
+    }
+}
+
+/// The weight (and bias) gradient of the filters `first..first + dw.len() / taps`: for
+/// each image, for each filter, one pass over its planes. Each filter's sums run over the
+/// images in order, whatever the blocks, so the bits do not depend on the thread count.
+fn weight_gradient_block<T: Element>(
+    geo: &ConvGeometry,
+    x: &[T],
+    dy: &[T],
+    first: usize,
+    planes: &mut Planes<T>,
+    dw: &mut [T],
+    mut db: Option<&mut [T]>,
+) {
     let (hp, wp) = padded_dims(geo);
     let q = geo.w.output;
     let (pad_h, pad_w) = (geo.h.padding as isize, geo.w.padding as isize);
     let offsets = tap_offsets(geo, wp);
-    // dy laid out with the padded plane's row stride (wp) after the padded plane; the junk
-    // columns stay zero.
-    let multiplier = geo.filters_per_group;
-    let want_db = db.is_some();
-    let bias_sums: Vec<T> = dw
-        .par_chunks_exact_mut(geo.taps)
-        .enumerate()
-        .map_init(
-            || Planes::<T>::new(scratch_len(geo, crate::Pass::BackwardWeights)),
-            |planes, (k, dw_k)| {
-                let c = k / multiplier;
-                let (padded, dy_flat) = planes.get().split_at_mut(hp * wp);
-                dw_k.fill(T::ZERO);
-                let mut bias_sum = T::ZERO;
-                for n in 0..geo.batch {
-                    let x_plane = &x[(n * geo.in_channels + c) * geo.in_plane..][..geo.in_plane];
-                    place(x_plane, geo.w.input, padded, wp, pad_h, pad_w);
-                    let dy_plane =
-                        &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
-                    if unit_stride(geo) {
-                        place(dy_plane, q, dy_flat, wp, 0, 0);
-                        dot_flat(dy_flat, padded, &offsets, dw_k);
-                    } else {
-                        dot_strided(
-                            dy_plane,
-                            q,
-                            padded,
-                            wp,
-                            [geo.h.stride, geo.w.stride],
-                            &offsets,
-                            dw_k,
-                        );
-                    }
-                    if want_db {
-                        bias_sum += crate::simd::sum(dy_plane);
-                    }
+    let flat_len = (geo.h.output - 1) * wp + q;
+    let filters = dw.len() / geo.taps;
+    let x_plane = |n: usize, k: usize| {
+        let c = k / geo.filters_per_group;
+        &x[(n * geo.in_channels + c) * geo.in_plane..][..geo.in_plane]
+    };
+    let dy_plane =
+        |n: usize, k: usize| &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
+    // The padded input plane; dy laid out with the padded plane's row stride (wp), its
+    // junk columns zero; then per filter LANES partial sums per tap and for the bias,
+    // carried over the whole batch and reduced once at the end.
+    let (padded, rest) = planes.get().split_at_mut(hp * wp);
+    let (dy_flat, lanes) = rest.split_at_mut(flat_len);
+    let lanes = &mut lanes[..filters * (geo.taps + 1) * LANES];
+    lanes.fill(T::ZERO);
+    if let Some(db) = db.as_deref_mut() {
+        db.fill(T::ZERO);
+    }
+    if !unit_stride(geo) {
+        dw.fill(T::ZERO);
+    }
+    for n in 0..geo.batch {
+        for (f, lanes) in lanes.chunks_exact_mut((geo.taps + 1) * LANES).enumerate() {
+            let k = first + f;
+            place(x_plane(n, k), geo.w.input, padded, wp, pad_h, pad_w);
+            if unit_stride(geo) {
+                let (tap_lanes, bias_lanes) = lanes.split_at_mut(geo.taps * LANES);
+                let bias_lanes = if db.is_some() {
+                    bias_lanes
+                } else {
+                    &mut [][..]
+                };
+                place(dy_plane(n, k), q, dy_flat, wp, 0, 0);
+                dot_flat(dy_flat, padded, &offsets, tap_lanes, bias_lanes);
+            } else {
+                dot_strided(
+                    dy_plane(n, k),
+                    q,
+                    padded,
+                    wp,
+                    [geo.h.stride, geo.w.stride],
+                    &offsets,
+                    &mut dw[f * geo.taps..][..geo.taps],
+                );
+                if let Some(db) = db.as_deref_mut() {
+                    db[f] += crate::simd::sum(dy_plane(n, k));
                 }
-                bias_sum
-            },
-        )
-        .collect();
-    if let Some(db) = db {
-        db.copy_from_slice(&bias_sums);
+            }
+        }
+    }
+    if unit_stride(geo) {
+        for (f, lanes) in lanes.chunks_exact((geo.taps + 1) * LANES).enumerate() {
+            let (tap_lanes, bias_lanes) = lanes.split_at(geo.taps * LANES);
+            for (d, l) in dw[f * geo.taps..][..geo.taps]
+                .iter_mut()
+                .zip(tap_lanes.chunks_exact(LANES))
+            {
+                *d = crate::simd::sum(l);
+            }
+            if let Some(db) = db.as_deref_mut() {
+                db[f] = crate::simd::sum(bias_lanes);
+            }
+        }
     }
 }
 
@@ -447,9 +520,17 @@ fn correlate_strided<T: Element>(
 }
 
 crate::dispatch! {
-    /// `out[i] += Σ_t a[t] · src[t + offsets[i]]`, each dot product in LANES accumulators
-    /// reduced in a fixed order.
-    fn dot_flat<T: Element>(a: &[T], src: &[T], offsets: &[usize], out: &mut [T]) = dot_flat_body;
+    /// `lanes[i·LANES + j] += Σ_{t ≡ j mod LANES} a[t] · src[t + offsets[i]]`: each tap's
+    /// dot product as LANES partial sums, which the caller carries across images and
+    /// reduces once. With `bias_lanes` of LANES elements (empty: skipped), also
+    /// `bias_lanes[j] += Σ_{t ≡ j} a[t]`.
+    fn dot_flat<T: Element>(
+        a: &[T],
+        src: &[T],
+        offsets: &[usize],
+        lanes: &mut [T],
+        bias_lanes: &mut [T],
+    ) = dot_flat_body;
 }
 
 #[inline(always)]
@@ -457,36 +538,86 @@ fn dot_flat_body<T: Element, const FMA: bool>(
     a: &[T],
     src: &[T],
     offsets: &[usize],
-    out: &mut [T],
+    lanes: &mut [T],
+    bias_lanes: &mut [T],
 ) {
     /// Taps per pass over `a`: independent accumulator chains that share each load of `a`.
     /// Three divides the 9 taps of a 3×3 kernel (four would compute 3 dummy sums of 12).
     const TAPS: usize = 3;
     let n = a.len();
-    let full = n - n % LANES;
-    for (offs, outs) in offsets.chunks(TAPS).zip(out.chunks_mut(TAPS)) {
-        // A short last group repeats its first tap; those sums are dropped.
+    let mut scratch = [[T::ZERO; LANES]; TAPS];
+    for (group, (offs, sums)) in offsets
+        .chunks(TAPS)
+        .zip(lanes.chunks_mut(TAPS * LANES))
+        .enumerate()
+    {
+        // A short last group repeats its first tap; those sums go to `scratch`.
         let off: [usize; TAPS] = std::array::from_fn(|i| offs.get(i).copied().unwrap_or(offs[0]));
         let b: [&[T]; TAPS] = std::array::from_fn(|i| &src[off[i]..off[i] + n]);
-        let mut lanes = [[T::ZERO; LANES]; TAPS];
-        for t in (0..full).step_by(LANES) {
-            let x: &[T; LANES] = a[t..t + LANES]
-                .try_into()
-                .expect("a block of LANES elements");
-            for i in 0..TAPS {
-                let y: &[T; LANES] = b[i][t..t + LANES]
-                    .try_into()
-                    .expect("a block of LANES elements");
-                lanes[i] = fma_lanes::<T, FMA>(lanes[i], x, y);
+        let (mut sums, mut spare) = (sums.chunks_exact_mut(LANES), scratch.iter_mut());
+        let out: [&mut [T; LANES]; TAPS] = std::array::from_fn(|_| match sums.next() {
+            Some(s) => s.try_into().expect("LANES partial sums"),
+            None => spare.next().expect("TAPS spare blocks"),
+        });
+        // Named accumulators, updated by value: as an indexed array, or with references
+        // taken to them, LLVM kept them on the stack and stored them on every step.
+        let mut acc = [*out[0], *out[1], *out[2]];
+        let mut bias = [T::ZERO; LANES];
+        if group == 0 && bias_lanes.len() == LANES {
+            (acc, bias) = dot_group::<T, FMA, true>(a, b, acc, bias);
+            for (d, s) in bias_lanes.iter_mut().zip(bias) {
+                *d += s;
             }
+        } else {
+            (acc, _) = dot_group::<T, FMA, false>(a, b, acc, bias);
         }
-        for (i, o) in outs.iter_mut().enumerate() {
-            for (j, (x, y)) in a[full..].iter().zip(&b[i][full..]).enumerate() {
-                lanes[i][j] = madd::<T, FMA>(*x, *y, lanes[i][j]);
-            }
-            *o += crate::simd::sum(&lanes[i]);
+        for (o, l) in out.into_iter().zip(acc) {
+            *o = l;
         }
     }
+}
+
+/// One pass of [`dot_flat`] over `a` for three taps (`b[i]` = the source at tap `i`'s
+/// offset), the whole blocks and then the tail; with `BIAS`, also the sums of `a`.
+#[inline(always)]
+fn dot_group<T: Element, const FMA: bool, const BIAS: bool>(
+    a: &[T],
+    b: [&[T]; 3],
+    acc: [[T; LANES]; 3],
+    bias: [T; LANES],
+) -> ([[T; LANES]; 3], [T; LANES]) {
+    let n = a.len();
+    let full = n - n % LANES;
+    let [mut l0, mut l1, mut l2] = acc;
+    let mut bias = bias;
+    for t in (0..full).step_by(LANES) {
+        let x: &[T; LANES] = a[t..t + LANES]
+            .try_into()
+            .expect("a block of LANES elements");
+        let y = |i: usize| -> &[T; LANES] {
+            b[i][t..t + LANES]
+                .try_into()
+                .expect("a block of LANES elements")
+        };
+        l0 = fma_lanes::<T, FMA>(l0, x, y(0));
+        l1 = fma_lanes::<T, FMA>(l1, x, y(1));
+        l2 = fma_lanes::<T, FMA>(l2, x, y(2));
+        if BIAS {
+            bias = std::array::from_fn(|j| bias[j] + x[j]);
+        }
+    }
+    let mut acc = [l0, l1, l2];
+    for (l, b) in acc.iter_mut().zip(b) {
+        for (j, (x, y)) in a[full..].iter().zip(&b[full..]).enumerate() {
+            l[j] = madd::<T, FMA>(*x, *y, l[j]);
+        }
+    }
+    if BIAS {
+        for (j, x) in a[full..].iter().enumerate() {
+            bias[j] += *x;
+        }
+    }
+    (acc, bias)
 }
 
 /// `acc + x ⊙ y` on whole register blocks (by value, so the block lives in registers).
