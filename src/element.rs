@@ -32,6 +32,7 @@ pub trait Element:
     + sealed::Kernels
     + crate::scratch::ThreadBuffer
     + crate::blocked::Engine
+    + crate::depthwise::Rows3
 {
     /// Additive identity.
     const ZERO: Self;

@@ -18,10 +18,19 @@
 //! - weight gradient: `dw[tap] += Σ_t dy_flat[t] · xpad[t + offset[tap]]`, one dot product
 //!   per tap over the flattened plane ([`dot_flat`]).
 //!
+//! The commonest depthwise forward, 3×3 with stride 1 and no dilation, has its own AVX-512
+//! kernel ([`rows3`]): it reads the input plane directly with masked loads and forms the
+//! taps' windows by shifting registers, with the same multiply-adds in the same order.
+//!
 //! Other strides use straightforward loops on the padded plane (forward) or the scatter
 //! form (backward). Channel multipliers (`K = m·C`) are handled: output channel `k` reads
 //! input channel `k / m`. Parallelism is over channel planes; every sum has a fixed order,
 //! so results do not depend on the thread count.
+
+mod rows3;
+
+pub use rows3::Rows3;
+use rows3::Rows3Layer;
 
 use crate::activation::{Activation, apply_in_place};
 use crate::element::Element;
@@ -193,6 +202,7 @@ pub(crate) fn forward<T: Element>(
     let (pad_h, pad_w) = (geo.h.padding as isize, geo.w.padding as isize);
     let offsets = tap_offsets(geo, wp);
     let multiplier = geo.filters_per_group;
+    let rows3 = Rows3Layer::of(geo);
     y.par_chunks_exact_mut(geo.out_plane)
         .enumerate()
         .for_each_init(
@@ -200,11 +210,17 @@ pub(crate) fn forward<T: Element>(
             |planes, (plane, y_plane)| {
                 let (n, k) = (plane / geo.out_channels, plane % geo.out_channels);
                 let c = k / multiplier;
-                let (padded, flat) = planes.get().split_at_mut(hp * wp);
                 let x_plane = &x[(n * geo.in_channels + c) * geo.in_plane..][..geo.in_plane];
-                place(x_plane, geo.w.input, padded, wp, pad_h, pad_w);
                 let w_k = &w[k * geo.taps..][..geo.taps];
                 let b = bias.map_or(T::ZERO, |b| b[k]);
+                if let Some(layer) = &rows3
+                    && T::rows3(layer, x_plane, w_k, b, y_plane)
+                {
+                    apply_in_place(act, y_plane);
+                    return;
+                }
+                let (padded, flat) = planes.get().split_at_mut(hp * wp);
+                place(x_plane, geo.w.input, padded, wp, pad_h, pad_w);
                 if unit_stride(geo) {
                     correlate_flat(padded, &offsets, w_k, b, flat);
                     for (oh, row) in y_plane.chunks_exact_mut(q).enumerate() {

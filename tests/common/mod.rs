@@ -223,10 +223,10 @@ pub fn battery() -> Vec<Case> {
             name: "many_images_few_pixels",
             spec: spec(20, 2, [4, 4], 3, [2, 2], one, zero, one, 1),
         },
-        // Rows of at least 16 outputs take the row kernel of the depthwise forward (a
-        // partial last block overlapping the one before it: 37 = 16 + 16 + 5, and exactly
-        // one block: 16); more than 8 filters make several filter blocks of the weight
-        // gradient, the last one partial (12 = 8 + 4, 20 = 8 + 8 + 4).
+        // Depthwise rows wider than a vector: the 3×3 one takes the AVX-512 row kernel of
+        // the forward with a masked last block (37 = 16 + 16 + 5 outputs), the 3×5 dilated
+        // one the general path (16 outputs); more than 8 filters make several filter
+        // blocks of the weight gradient, the last one partial (12 = 8 + 4, 20 = 8 + 8 + 4).
         Case {
             name: "depthwise_wide_rows",
             spec: spec(2, 12, [6, 37], 12, [3, 3], one, one, one, 12),
