@@ -260,8 +260,28 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
         eh as isize - geo.h.padding as isize,
         ew as isize - geo.w.padding as isize,
     );
-    let flipped: Vec<usize> = tap_offsets(geo, wq).into_iter().rev().collect();
     let multiplier = geo.filters_per_group;
+    // The same correlation by the 3×3 row kernel, straight from each dy plane with the
+    // flipped filter (one filter per channel: it writes dx, it cannot add to it).
+    if multiplier == 1
+        && let Some(layer) = Rows3Layer::for_input_delta(geo)
+        && rows3::available()
+    {
+        dx.par_chunks_exact_mut(geo.in_plane)
+            .zip(dy.par_chunks_exact(geo.out_plane))
+            .enumerate()
+            .for_each(|(plane, (dx_plane, dy_plane))| {
+                let k = plane % geo.out_channels;
+                let mut flipped = [T::ZERO; 9];
+                for (f, &v) in flipped.iter_mut().zip(w[k * 9..][..9].iter().rev()) {
+                    *f = v;
+                }
+                let done = T::rows3(&layer, dy_plane, &flipped, T::ZERO, dx_plane);
+                debug_assert!(done, "rows3_available said yes");
+            });
+        return;
+    }
+    let flipped: Vec<usize> = tap_offsets(geo, wq).into_iter().rev().collect();
     dx.par_chunks_exact_mut(geo.in_plane)
         .enumerate()
         .for_each_init(

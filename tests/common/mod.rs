@@ -235,6 +235,16 @@ pub fn battery() -> Vec<Case> {
             name: "depthwise_wide_dilated_multiplier",
             spec: spec(2, 10, [5, 20], 20, [3, 5], one, [1, 2], [1, 2], 10),
         },
+        // 3×3 depthwise with paddings 0 and 2: the row kernel's input delta pads dy by
+        // 2 − pad (2 and 0), and masks columns on both sides or neither.
+        Case {
+            name: "depthwise_3x3_pad0",
+            spec: spec(2, 6, [9, 20], 6, [3, 3], one, zero, one, 6),
+        },
+        Case {
+            name: "depthwise_3x3_pad2",
+            spec: spec(1, 4, [6, 18], 4, [3, 3], one, [2, 2], one, 4),
+        },
     ]
 }
 
