@@ -18,9 +18,9 @@
 //! - weight gradient: `dw[tap] += Σ_t dy_flat[t] · xpad[t + offset[tap]]`, one dot product
 //!   per tap over the flattened plane ([`dot_flat`]).
 //!
-//! The commonest depthwise forward, 3×3 with stride 1 and no dilation, has its own AVX-512
-//! kernel ([`rows3`]): it reads the input plane directly with masked loads and forms the
-//! taps' windows by shifting registers, with the same multiply-adds in the same order.
+//! The commonest depthwise layer, 3×3 with stride 1 and no dilation, has its own AVX-512
+//! kernels ([`rows3`]) for all three passes: they read the planes directly with masked
+//! loads and form the taps' windows by shifting registers.
 //!
 //! Other strides use straightforward loops on the padded plane (forward) or the scatter
 //! form (backward). Channel multipliers (`K = m·C`) are handled: output channel `k` reads
@@ -41,6 +41,9 @@ use crate::simd::madd;
 
 /// Width of the register block of the flat kernels.
 const LANES: usize = 16;
+
+// The weight gradient keeps LANES partial sums per tap, in the layout the 3×3 kernel adds to.
+const _: () = assert!(LANES == rows3::SUM_BLOCK);
 
 fn unit_stride(geo: &ConvGeometry) -> bool {
     geo.h.stride == 1 && geo.w.stride == 1
@@ -423,9 +426,21 @@ fn weight_gradient_block<T: Element>(
     if !unit_stride(geo) {
         dw.fill(T::ZERO);
     }
+    let rows3 = Rows3Layer::of(geo).filter(|_| rows3::available());
     for n in 0..geo.batch {
         for (f, lanes) in lanes.chunks_exact_mut((geo.taps + 1) * LANES).enumerate() {
             let k = first + f;
+            if let Some(layer) = &rows3 {
+                let done = T::rows3_weight_gradient(
+                    layer,
+                    x_plane(n, k),
+                    dy_plane(n, k),
+                    lanes,
+                    db.is_some(),
+                );
+                debug_assert!(done, "rows3::available said yes");
+                continue;
+            }
             place(x_plane(n, k), geo.w.input, padded, wp, pad_h, pad_w);
             if unit_stride(geo) {
                 let (tap_lanes, bias_lanes) = lanes.split_at_mut(geo.taps * LANES);

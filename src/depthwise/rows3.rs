@@ -1,6 +1,7 @@
-//! A direct AVX-512 kernel for the commonest depthwise layer: 3×3, stride 1, dilation 1.
-//! It computes the forward, and the input delta as the same correlation of `dy` with the
-//! flipped filter (padding `2 − pad`).
+//! Direct AVX-512 kernels for the commonest depthwise layer: 3×3, stride 1, dilation 1.
+//! One computes the forward, and the input delta as the same correlation of `dy` with the
+//! flipped filter (padding `2 − pad`); the other the weight gradient, the dot products of
+//! `dy` with the same shifted windows of the input.
 //!
 //! The general path ([`super::forward`]) copies each input plane into a zero-padded buffer
 //! and then loads one vector per tap and output block, at an offset of one or two
@@ -31,7 +32,24 @@ pub trait Rows3: Sized {
         init: Self,
         out: &mut [Self],
     ) -> bool;
+
+    /// Adds one image's weight (and bias) gradient of one filter to `sums`:
+    /// `sums[16·(3r + s) + j] += Σ_{p, q ≡ j} dy[p][q] · xpad[p + r][q + s]` for the 9 taps,
+    /// and with `bias`, `sums[16·9 + j] += Σ_{p, q ≡ j} dy[p][q]` (`j` below the vector's
+    /// lane count; `sums` holds 10 blocks of 16). `x` is the `H × W` input plane, `dy` the
+    /// `P × Q` output-gradient plane. Returns `false`, having changed nothing, where the
+    /// CPU has no AVX-512.
+    fn rows3_weight_gradient(
+        layer: &Rows3Layer,
+        x: &[Self],
+        dy: &[Self],
+        sums: &mut [Self],
+        bias: bool,
+    ) -> bool;
 }
+
+/// Elements per block of the partial sums of [`Rows3::rows3_weight_gradient`].
+pub(crate) const SUM_BLOCK: usize = 16;
 
 /// The sizes [`Rows3::rows3`] needs, for a layer it computes.
 #[derive(Clone, Copy, Debug)]
@@ -100,7 +118,8 @@ const BLOCKS: usize = 4;
 macro_rules! rows3_kernel {
     ($t:ty, $name:ident, $lanes:literal, $mask:ty,
      set1 = $set1:ident, zero = $zero:ident, load = $load:ident, store = $store:ident,
-     fma = $fma:ident, align = $align:ident, to_int = $to_int:ident, from_int = $from_int:ident) => {
+     fma = $fma:ident, align = $align:ident, to_int = $to_int:ident, from_int = $from_int:ident,
+     add = $add:ident, loadu = $loadu:ident, storeu = $storeu:ident, grad = $grad:ident) => {
         /// The kernel; see [`Rows3::rows3`].
         ///
         /// # Safety
@@ -171,6 +190,74 @@ macro_rules! rows3_kernel {
             }
         }
 
+        /// The weight-gradient kernel; see [`Rows3::rows3_weight_gradient`].
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512F. The slices are checked here.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $grad(layer: &Rows3Layer, x: &[$t], dy: &[$t], sums: &mut [$t], bias: bool) {
+            use std::arch::x86_64::*;
+            const L: usize = $lanes;
+            let Rows3Layer { h, w, p, q, .. } = *layer;
+            let (pad_h, pad_w) = (layer.pad_h as isize, layer.pad_w as isize);
+            assert!(
+                x.len() == h * w && dy.len() == p * q && sums.len() == 10 * SUM_BLOCK,
+                "rows3: plane or sums of the wrong size"
+            );
+            // SAFETY (all loads and stores of `sums`): AVX-512F is enabled; block `i < 10`
+            // spans elements `16·i .. 16·i + L` of `sums` (160 elements, asserted).
+            let mut acc: [_; 10] =
+                std::array::from_fn(|i| unsafe { $loadu(sums.as_ptr().add(i * SUM_BLOCK)) });
+            for col in (0..q).step_by(L) {
+                let start = col as isize - pad_w;
+                let lo_mask = column_mask(start, w, L) as $mask;
+                let hi_mask = column_mask(start + L as isize, w, L) as $mask;
+                let dy_mask = column_mask(col as isize, q, L) as $mask;
+                // Four dy rows at a time: dy row `oh + b` meets input row `oh + b + r −
+                // pad_h` at kernel row r, so each of the six input rows is loaded and
+                // shifted once for up to three of them.
+                for oh in (0..p).step_by(BLOCKS) {
+                    let mut d = [$zero(); BLOCKS];
+                    for (b, d) in d.iter_mut().enumerate().take(p - oh) {
+                        // SAFETY: AVX-512F is enabled; the enabled lanes are columns
+                        // `col + i < q` of dy row `oh + b < p`, inside `dy` (asserted).
+                        *d = unsafe { $load(dy_mask, dy.as_ptr().add((oh + b) * q + col)) };
+                        if bias {
+                            acc[9] = $add(acc[9], *d);
+                        }
+                    }
+                    for t in 0..BLOCKS + 2 {
+                        let ih = (oh + t) as isize - pad_h;
+                        if !(0..h as isize).contains(&ih) {
+                            continue;
+                        }
+                        let row = x.as_ptr().wrapping_add(ih as usize * w);
+                        // SAFETY: as in the forward kernel: the enabled lanes are columns
+                        // `0 <= start + i < w` of row `0 <= ih < h`, inside `x`.
+                        let (lo, hi) = unsafe {
+                            (
+                                $load(lo_mask, row.wrapping_offset(start)),
+                                $load(hi_mask, row.wrapping_offset(start + L as isize)),
+                            )
+                        };
+                        let shifted1 = $from_int($align::<1>($to_int(hi), $to_int(lo)));
+                        let shifted2 = $from_int($align::<2>($to_int(hi), $to_int(lo)));
+                        for b in t.saturating_sub(2)..(t + 1).min(BLOCKS) {
+                            let r = t - b;
+                            acc[3 * r] = $fma(d[b], lo, acc[3 * r]);
+                            acc[3 * r + 1] = $fma(d[b], shifted1, acc[3 * r + 1]);
+                            acc[3 * r + 2] = $fma(d[b], shifted2, acc[3 * r + 2]);
+                        }
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                // SAFETY: see the loads of `sums` above.
+                unsafe { $storeu(sums.as_mut_ptr().add(i * SUM_BLOCK), *a) };
+            }
+        }
+
         impl Rows3 for $t {
             fn rows3(
                 layer: &Rows3Layer,
@@ -186,6 +273,23 @@ macro_rules! rows3_kernel {
                     return true;
                 }
                 let _ = (layer, x, weights, init, out);
+                false
+            }
+
+            fn rows3_weight_gradient(
+                layer: &Rows3Layer,
+                x: &[$t],
+                dy: &[$t],
+                sums: &mut [$t],
+                bias: bool,
+            ) -> bool {
+                #[cfg(target_arch = "x86_64")]
+                if crate::simd::isa() == crate::simd::Isa::Avx512 {
+                    // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
+                    unsafe { $grad(layer, x, dy, sums, bias) };
+                    return true;
+                }
+                let _ = (layer, x, dy, sums, bias);
                 false
             }
         }
@@ -204,7 +308,11 @@ rows3_kernel!(
     fma = _mm512_fmadd_ps,
     align = _mm512_alignr_epi32,
     to_int = _mm512_castps_si512,
-    from_int = _mm512_castsi512_ps
+    from_int = _mm512_castsi512_ps,
+    add = _mm512_add_ps,
+    loadu = _mm512_loadu_ps,
+    storeu = _mm512_storeu_ps,
+    grad = rows3_grad_f32
 );
 rows3_kernel!(
     f64,
@@ -218,7 +326,11 @@ rows3_kernel!(
     fma = _mm512_fmadd_pd,
     align = _mm512_alignr_epi64,
     to_int = _mm512_castpd_si512,
-    from_int = _mm512_castsi512_pd
+    from_int = _mm512_castsi512_pd,
+    add = _mm512_add_pd,
+    loadu = _mm512_loadu_pd,
+    storeu = _mm512_storeu_pd,
+    grad = rows3_grad_f64
 );
 
 #[cfg(test)]
