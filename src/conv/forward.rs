@@ -217,6 +217,11 @@ fn wide_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
         .filter(|layout| layout.row_len.saturating_mul(16) <= geo.w.output.saturating_mul(17))
 }
 
+/// Whether [`forward`] reads this layer's column matrix in place ([`forward_wide`]).
+pub(crate) fn takes_wide_path(geo: &ConvGeometry) -> bool {
+    geo.batch > 1 && wide_layout(geo).is_some()
+}
+
 /// Wide columns per tile of the wide path: a multiple of 32 (whole GEMM panels).
 fn wide_tile(geo: &ConvGeometry, layout: &PaddedLayout, elem_size: usize) -> usize {
     let by_budget = WIDE_C_TILE_BYTES / (geo.filters_per_group * elem_size).max(1) / 32 * 32;

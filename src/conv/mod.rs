@@ -45,8 +45,9 @@ pub struct Workspace {
     /// `dw` plus `db` per image chunk, at most 4.
     pub partial_bytes: usize,
     /// Bytes of the weights packed once per call for the GEMM (forward and input delta of
-    /// batched, ungrouped layers on the SIMD paths): about the size of `w`. The calling
-    /// thread keeps the buffer for the next call.
+    /// batched, ungrouped layers on the SIMD paths): about the size of `w`; twice that
+    /// where the input delta runs as a transposed forward (the flipped filters, then their
+    /// packed copy). The calling thread keeps the buffers for the next call.
     pub packed_weight_bytes: usize,
 }
 

@@ -245,6 +245,20 @@ pub fn battery() -> Vec<Case> {
             name: "depthwise_3x3_pad2",
             spec: spec(1, 4, [6, 18], 4, [3, 3], one, [2, 2], one, 4),
         },
+        // Batched stride-1 layers with wide rows and >= 16 channels per group: the input
+        // delta runs as the transposed forward (padding dil·(R−1) − pad: 1, 2 and 0).
+        Case {
+            name: "input_delta_as_transposed_forward",
+            spec: spec(2, 16, [6, 40], 16, [3, 3], one, one, one, 1),
+        },
+        Case {
+            name: "input_delta_transposed_grouped_dilated",
+            spec: spec(2, 32, [5, 70], 24, [3, 3], one, [2, 2], [2, 2], 2),
+        },
+        Case {
+            name: "input_delta_transposed_no_padding_left",
+            spec: spec(2, 16, [4, 34], 16, [3, 3], one, [2, 2], one, 1),
+        },
     ]
 }
 
