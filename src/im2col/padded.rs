@@ -162,10 +162,20 @@ impl PaddedLayout {
     }
 }
 
-/// Copies the dense `H × W` planes of `dense` (whole channels) into `out` in `layout`,
-/// writing every element of `out` (`layout.buffer_len(channels)` long): the padding
-/// becomes zero.
-pub(crate) fn pad_planes<T: Element>(
+crate::dispatch! {
+    /// Copies the dense `H × W` planes of `dense` (whole channels) into `out` in `layout`,
+    /// writing every element of `out` (`layout.buffer_len(channels)` long): the padding
+    /// becomes zero.
+    pub(crate) fn pad_planes<T: Element>(
+        geo: &ConvGeometry,
+        layout: &PaddedLayout,
+        dense: &[T],
+        out: &mut [T],
+    ) = pad_planes_body;
+}
+
+#[inline(always)]
+fn pad_planes_body<T: Element, const FMA: bool>(
     geo: &ConvGeometry,
     layout: &PaddedLayout,
     dense: &[T],
@@ -193,18 +203,48 @@ pub(crate) fn pad_planes<T: Element>(
                 let (mid, right) = rest.split_at_mut(hi - lo);
                 left.fill(T::ZERO);
                 right.fill(T::ZERO);
-                if layout.modulus == 1 {
-                    mid.copy_from_slice(&src[first..][..mid.len()]);
-                } else {
-                    for (d, s) in mid
-                        .iter_mut()
-                        .zip(src[first..].iter().step_by(layout.modulus))
-                    {
-                        *d = *s;
+                match layout.modulus {
+                    1 => simd::copy_exact(mid, &src[first..][..mid.len()]),
+                    2 => copy_every_other(mid, &src[first..]),
+                    m => {
+                        for (d, s) in mid.iter_mut().zip(src[first..].iter().step_by(m)) {
+                            *d = *s;
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// `dst[i] = src[2·i]` for every `i` in `dst` (`src` at least `2·dst.len() − 1` long),
+/// in blocks of 16 read from 32 consecutive elements, which compile to vector loads and
+/// one shuffle each (the stride-2 layers' copy into column phases was a scalar loop). A
+/// partial last block is redone as the block that ends at `dst`'s end, where `src` holds
+/// its 32 elements; otherwise it is copied one by one.
+#[inline(always)]
+fn copy_every_other<T: Copy>(dst: &mut [T], src: &[T]) {
+    const BLOCK: usize = 16;
+    #[inline(always)]
+    fn block<T: Copy>(dst: &mut [T], src: &[T], at: usize) -> bool {
+        let Some(s) = src.get(2 * at..2 * at + 2 * BLOCK) else {
+            return false;
+        };
+        let s: &[T; 2 * BLOCK] = s.try_into().expect("32 elements");
+        let d: &mut [T; BLOCK] = (&mut dst[at..at + BLOCK]).try_into().expect("16 elements");
+        *d = std::array::from_fn(|i| s[2 * i]);
+        true
+    }
+    let len = dst.len();
+    let mut at = 0;
+    while at + BLOCK <= len && block(dst, src, at) {
+        at += BLOCK;
+    }
+    if at < len && len >= BLOCK && block(dst, src, len - BLOCK) {
+        return;
+    }
+    for (i, v) in dst.iter_mut().enumerate().skip(at) {
+        *v = src[2 * i];
     }
 }
 
