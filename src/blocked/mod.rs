@@ -51,7 +51,7 @@ use crate::gemm::{MatMut, MatRef, span};
 use crate::simd::{self, Isa};
 
 /// The kernels of one element type, per path (a hidden supertrait of
-/// [`Element`](crate::Element), so the generic code can name them).
+/// [`Element`], so the generic code can name them).
 pub trait Engine: Sized + transpose::Transpose {
     /// AVX-512F kernel (the portable one off x86-64).
     type Avx512: Kernel<Self>;

@@ -37,8 +37,8 @@ pub trait PackA<T> {
     fn pack_a(&self, mr: usize, rows: Range<usize>, depth: Range<usize>, dst: &mut [T]);
 
     /// The block `pack_a(mr, rows, depth, ..)` would write, if this operand already holds
-    /// it packed ([`PrepackedA`]): the driver then reads it in place. `None` (the
-    /// default) makes the driver call [`PackA::pack_a`].
+    /// it packed ([`PrepackedA`](super::PrepackedA)): the driver then reads it in place.
+    /// `None` (the default) makes the driver call [`PackA::pack_a`].
     fn packed(&self, mr: usize, rows: Range<usize>, depth: Range<usize>) -> Option<&[T]> {
         let _ = (mr, rows, depth);
         None

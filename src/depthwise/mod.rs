@@ -56,8 +56,9 @@ fn unit_stride(geo: &ConvGeometry) -> bool {
 ///
 /// The scratch of any pass ([`scratch_len`]) is at most 7 padded planes, plus for the
 /// weight gradient `FILTER_BLOCK·(taps + 1)·LANES` lane sums, at most 256 more (the taps
-/// fit in the padded plane); it must also be addressable in bytes (`f64`), so [`Conv2d::workspace`](crate::Conv2d::workspace) cannot
-/// overflow even for valid plans with astronomically large planes.
+/// fit in the padded plane); it must also be addressable in bytes (`f64`), so
+/// [`Conv2d::workspace`](crate::Conv2d::workspace) cannot overflow even for valid plans
+/// with astronomically large planes.
 pub(crate) fn padding_is_moderate(geo: &ConvGeometry) -> bool {
     let (hp, wp) = padded_dims(geo);
     let limit = (geo.in_plane + geo.out_plane)
