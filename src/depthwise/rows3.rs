@@ -21,7 +21,7 @@ use crate::shape::ConvGeometry;
 /// The 3×3 row kernel of one element type (a hidden supertrait of
 /// [`Element`](crate::Element), so the generic forward can name it).
 pub trait Rows3: Sized {
-    /// `out[p][q] = init + Σ_{r,s} weights[3·r + s] · xpad[p + r·dil_h][q + s]` over the
+    /// `out[p][q] = init + Σ_{r,s} weights[3·r + s] · xpad[p + r][q + s]` over the
     /// zero-padded input plane `xpad` (`x` is one `H × W` input plane, `out` one `P × Q`
     /// output plane, `weights` one filter's 3 × 3 taps). Returns `false`, having written
     /// nothing, where the CPU has no AVX-512: the caller then takes the general path.
