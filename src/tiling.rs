@@ -19,6 +19,12 @@ pub(crate) const COL_TILE_BYTES: usize = 1 << 20;
 /// register row of the f32 GEMM microkernel is 16 wide, and narrower tiles waste it.
 pub(crate) const MIN_TILE_PIXELS: usize = 16;
 
+/// At most this many bytes of a B operand are packed once per call and shared by the
+/// call's GEMMs ([`PrepackedB`](crate::blocked::PrepackedB)): a single image's column
+/// matrix or `dy`, which its row blocks would each pack again. Held by the calling
+/// thread next to (never with) the packed weights of a batched call.
+pub(crate) const PREPACKED_B_BYTES: usize = 2 << 20;
+
 /// An upper bound on one call's weight-gradient partial sums, as a multiple of
 /// `K·(C/groups)·R·S + K` (the size of `dw` plus `db`): at most 4 image chunks, each
 /// holding at most `2·|dw| + 8·K` elements (channel blocks are padded to equal size, at

@@ -84,9 +84,11 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
     let nc_max = block_len(n, nc_cap, nr);
     let a_len = mc_max * kc_max;
     let b_len = nc_max * kc_max;
-    let mut buf = scratch::take_packing::<T>(a_len + b_len + mr * nr);
+    // A block, B block, the last panel of in-place B rows, and a C tile.
+    let mut buf = scratch::take_packing::<T>(a_len + b_len + nr * kc_max + mr * nr);
     let (a_buf, rest) = buf.split_at_mut(a_len);
-    let (b_buf, tile) = rest.split_at_mut(b_len);
+    let (b_buf, rest) = rest.split_at_mut(b_len);
+    let (edge_panel, tile) = rest.split_at_mut(nr * kc_max);
     let mut offsets = [0usize; MAX_IN_PLACE_DEPTH];
 
     for jc in (0..n).step_by(nc_max) {
@@ -105,9 +107,17 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                 });
             let offsets = &offsets[..kc];
             let b_pack = &mut b_buf[..nc.div_ceil(nr) * nr * kc];
-            if in_place.is_none() {
-                b.pack_b(nr, pc..pc + kc, jc..jc + nc, b_pack);
-            }
+            // Else packed: by the operand already (`PackB::packed`), or here.
+            let b_packed: &[T] = match in_place {
+                Some(_) => &[],
+                None => match b.packed(nr, pc..pc + kc, jc..jc + nc) {
+                    Some(block) => block,
+                    None => {
+                        b.pack_b(nr, pc..pc + kc, jc..jc + nc, b_pack);
+                        b_pack
+                    }
+                },
+            };
             let beta = if pc == 0 { beta } else { T::ONE };
             for ic in (0..m).step_by(mc_max) {
                 let mc = mc_max.min(m - ic);
@@ -127,10 +137,10 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                         .filter(|_| w == nr)
                         .map(|data| data[jc + jr..].as_ptr());
                     let b_panel: &[T] = match (in_place, rows) {
-                        (None, _) => &b_pack[jr * kc..][..nr * kc],
+                        (None, _) => &b_packed[jr * kc..][..nr * kc],
                         (Some(_), Some(_)) => &[],
                         (Some(_), None) => {
-                            let panel = &mut b_pack[..nr * kc];
+                            let panel = &mut edge_panel[..nr * kc];
                             b.pack_b(nr, pc..pc + kc, jc + jr..jc + jr + w, panel);
                             panel
                         }

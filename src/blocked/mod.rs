@@ -44,7 +44,7 @@ pub use driver::RawMatMut;
 pub use kernel::Kernel;
 pub use pack::{PackA, PackB};
 pub(crate) use pack::{StridedA, StridedB};
-pub(crate) use prepacked::{PrepackedA, prepacked_len};
+pub(crate) use prepacked::{PrepackedA, PrepackedB, prepacked_b_len, prepacked_len};
 
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, span};

@@ -85,6 +85,14 @@ pub trait PackB<T> {
         let _ = (depth, offsets);
         None
     }
+
+    /// The block `pack_b(nr, depth, cols, ..)` would write, if this operand already holds
+    /// it packed ([`PrepackedB`](super::PrepackedB)): the driver then reads it in place.
+    /// `None` (the default) makes the driver call [`PackB::pack_b`].
+    fn packed(&self, nr: usize, depth: Range<usize>, cols: Range<usize>) -> Option<&[T]> {
+        let _ = (nr, depth, cols);
+        None
+    }
 }
 
 /// A strided matrix as the A operand.

@@ -16,7 +16,8 @@
 //! - blocked GEMM, batched, huge padding: panels packed from the unpadded image
 //!   ([`Im2colB`]), clamping every run at the border;
 //! - blocked GEMM, a single image, moderate padding: the same padded planes, and one block
-//!   of output channels per thread, each GEMM packing its own panels from them;
+//!   of output channels per thread, each GEMM packing its own panels from them, or (up to
+//!   2 MiB packed) reading one copy that all threads packed together;
 //! - otherwise (matrixmultiply, or a single image with huge padding): im2col fills a
 //!   bounded column tile;
 //!   strided layers first split each image into column phases ([`PlaneLayout`]) so
@@ -30,7 +31,9 @@
 //! first builds each tile once, in parallel over channel blocks).
 
 use crate::activation::{Activation, apply_in_place};
-use crate::blocked::{PrepackedA, StridedA, StridedB, gemm_packed, prepacked_len};
+use crate::blocked::{
+    PrepackedA, PrepackedB, StridedA, StridedB, gemm_packed, prepacked_b_len, prepacked_len,
+};
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
 use crate::im2col::{
@@ -40,7 +43,7 @@ use crate::im2col::{
 use crate::parallel::*;
 use crate::scratch::take;
 use crate::shape::ConvGeometry;
-use crate::tiling::{aligned_zeros, tile_len, tiles};
+use crate::tiling::{PREPACKED_B_BYTES, aligned_zeros, tile_len, tiles};
 
 /// A single image's output channels (per group) are split into at most this many blocks.
 ///
@@ -333,14 +336,29 @@ fn prepack<'a, T: Element>(
     (use_blocked() && geo.groups == 1).then(|| PrepackedA::new(crate::simd::isa(), w))
 }
 
-/// Elements of the packed weights a call holds ([`prepack`]): all of `W` for a batched,
-/// ungrouped layer on the blocked GEMM, else none.
+/// Elements of the packed operand a call holds: all of `W` for a batched, ungrouped layer
+/// on the blocked GEMM ([`prepack`]); for a single image on more than one thread, its
+/// column matrix where [`shares_columns`] allows; else none.
 pub(crate) fn packed_weights_len<T: Element>(geo: &ConvGeometry) -> usize {
     if use_blocked() && geo.groups == 1 && geo.batch > 1 {
         prepacked_len::<T>(crate::simd::isa(), geo.out_channels, geo.col_rows)
+    } else if shares_columns::<T>(geo) {
+        prepacked_b_len::<T>(crate::simd::isa(), geo.col_rows, geo.out_plane)
     } else {
         0
     }
+}
+
+/// Whether a single image's output-channel blocks share one packed copy of its column
+/// matrix ([`PrepackedB`], packed by all threads) instead of each packing all of it:
+/// padded path, ungrouped, at most [`PREPACKED_B_BYTES`] packed. Taken only with more
+/// than one block (more than one thread); one block packs each B block once anyway.
+/// batch1_3x3_14 on 2 threads, best of 3 alternated: 178 → 192 GFLOP/s.
+fn shares_columns<T: Element>(geo: &ConvGeometry) -> bool {
+    let len = prepacked_b_len::<T>(crate::simd::isa(), geo.col_rows, geo.out_plane);
+    single_image_padded(geo).is_some()
+        && geo.groups == 1
+        && len.saturating_mul(size_of::<T>()) <= PREPACKED_B_BYTES
 }
 
 /// One image: each tile's column matrix is built once (channel blocks in parallel), then
@@ -424,8 +442,9 @@ fn single_image_padded(geo: &ConvGeometry) -> Option<PaddedLayout> {
 
 /// One image from padded planes: the output channels of each group are split into one
 /// block per thread (at most [`SINGLE_IMAGE_FILTER_BLOCKS`]), each a GEMM over the whole
-/// plane that packs its B panels from the padded planes. Each block packs B itself, so
-/// fewer blocks pack less; splitting rows does not change a bit of the result.
+/// plane that packs its B panels from the padded planes, or reads them from one copy the
+/// threads packed together ([`shares_columns`]). Splitting rows does not change a bit of
+/// the result.
 fn forward_single_padded<T: Element>(
     geo: &ConvGeometry,
     padded: &PaddedLayout,
@@ -440,13 +459,19 @@ fn forward_single_padded<T: Element>(
     pad_planes(geo, padded, x, &mut planes);
     let blocks = threads().clamp(1, SINGLE_IMAGE_FILTER_BLOCKS);
     let filter_block = kg.div_ceil(blocks).next_multiple_of(16).min(kg);
+    let columns = PaddedIm2colB::group(geo, padded, &planes, 0);
+    let shared = (filter_block < kg && shares_columns::<T>(geo))
+        .then(|| PrepackedB::new(crate::simd::isa(), &columns));
     for g in 0..geo.groups {
         let y_g = &mut y[g * kg * geo.out_plane..][..kg * geo.out_plane];
         y_g.par_chunks_mut(filter_block * geo.out_plane)
             .enumerate()
             .for_each(|(i, y_block)| {
                 let rows = y_block.len() / geo.out_plane;
-                let b = Columns::Padded(PaddedIm2colB::group(geo, padded, &planes, g));
+                let b = match &shared {
+                    Some(packed) => Columns::Prepacked(packed),
+                    None => Columns::Padded(PaddedIm2colB::group(geo, padded, &planes, g)),
+                };
                 let k0 = g * kg + i * filter_block;
                 gemm_rows(
                     geo,
@@ -491,10 +516,12 @@ fn column_tile<'a, T: Element>(
 
 /// The B operand of a forward GEMM: a column matrix in memory (or the input itself, for
 /// pointwise layers), or the image packed straight into the GEMM's panels.
-enum Columns<'a, T> {
+enum Columns<'a, T: Element> {
     Matrix(MatRef<'a, T>),
     Fused(Im2colB<'a, T>),
     Padded(PaddedIm2colB<'a, T>),
+    /// A single image's padded columns packed once, shared by its channel blocks.
+    Prepacked(&'a PrepackedB<'a, T, PaddedIm2colB<'a, T>>),
 }
 
 /// `y_rows[:, pix0..pix0 + len] = f(W[k0..k0 + rows] · b + bias)`, where `y_rows` holds
@@ -533,6 +560,8 @@ fn gemm_rows<T: Element>(
         (Columns::Fused(b), Some(p)) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
         (Columns::Padded(b), None) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
         (Columns::Padded(b), Some(p)) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
+        (Columns::Prepacked(b), None) => gemm_packed(T::ONE, &StridedA(a), b, T::ZERO, c),
+        (Columns::Prepacked(b), Some(p)) => gemm_packed(T::ONE, p, b, T::ZERO, c),
     }
     if bias.is_some() || act != Activation::Identity {
         for k in 0..rows {

@@ -259,6 +259,13 @@ pub fn battery() -> Vec<Case> {
             name: "input_delta_transposed_no_padding_left",
             spec: spec(2, 16, [4, 34], 16, [3, 3], one, [2, 2], one, 1),
         },
+        // A single image with 40 filters: on 2 threads and more its output-channel blocks
+        // (32 + 8) share one packed column matrix of 360 rows (2 depth blocks) by 99
+        // pixels (3 full panels and a 3-column one); the input delta shares packed dy.
+        Case {
+            name: "single_image_shared_columns",
+            spec: spec(1, 40, [9, 11], 40, [3, 3], one, one, one, 1),
+        },
     ]
 }
 
