@@ -20,7 +20,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{Kernel, simd_kernel, simd_kernel_methods};
+use super::kernel::{Kernel, simd_kernel, simd_kernel_methods, thin_kernel};
 
 /// The AVX-512F kernels.
 pub struct Avx512;
@@ -55,6 +55,37 @@ simd_kernel!(
     mul = _mm512_mul_pd
 );
 
+// Thin forms: the 8 rows of an A panel are one ymm (f32) or zmm (f64) vector. Zen 4
+// issues two 256-bit FMAs per cycle or one 512-bit, so for a panel with w ≤ 8 valid f32
+// columns two A panels take 16 ymm FMAs per step where the narrow kernel takes 16 zmm
+// ones; with w ≤ 4, 8 against 16. f64 gains only at w ≤ 4 (4 zmm FMAs per panel and
+// step against the narrow kernel's 8).
+thin_kernel!(
+    thin_f32,
+    f32,
+    "avx512f",
+    mr = 8,
+    nr = 32,
+    zero = _mm256_setzero_ps,
+    splat = _mm256_set1_ps,
+    load = _mm256_loadu_ps,
+    store = _mm256_storeu_ps,
+    fma = _mm256_fmadd_ps
+);
+
+thin_kernel!(
+    thin_f64,
+    f64,
+    "avx512f",
+    mr = 8,
+    nr = 16,
+    zero = _mm512_setzero_pd,
+    splat = _mm512_set1_pd,
+    load = _mm512_loadu_pd,
+    store = _mm512_storeu_pd,
+    fma = _mm512_fmadd_pd
+);
+
 impl Kernel<f32> for Avx512 {
     const MR: usize = 8;
     const NR: usize = 32;
@@ -66,6 +97,32 @@ impl Kernel<f32> for Avx512 {
     const NC: usize = 512;
 
     simd_kernel_methods!(f32, kernel_f32, 16, "AVX-512");
+
+    const NR_THIN: usize = 8;
+
+    #[inline(always)]
+    unsafe fn kernel_thin(
+        k: usize,
+        alpha: f32,
+        a: *const f32,
+        b: *const f32,
+        beta: f32,
+        c: *mut f32,
+        strides: [isize; 2],
+        h: usize,
+        w: usize,
+    ) {
+        // SAFETY: the caller upholds `kernel_thin`'s contract (h ≤ 16, w ≤ 8); each
+        // instance covers h.div_ceil(8) panels and at least w columns.
+        unsafe {
+            match (w <= 4, h <= 8) {
+                (true, true) => thin_f32::<4, 1>(k, alpha, a, b, beta, c, strides, h, w),
+                (true, false) => thin_f32::<4, 2>(k, alpha, a, b, beta, c, strides, h, w),
+                (false, true) => thin_f32::<8, 1>(k, alpha, a, b, beta, c, strides, h, w),
+                (false, false) => thin_f32::<8, 2>(k, alpha, a, b, beta, c, strides, h, w),
+            }
+        }
+    }
 }
 
 impl Kernel<f64> for Avx512 {
@@ -79,4 +136,28 @@ impl Kernel<f64> for Avx512 {
     const NC: usize = 256;
 
     simd_kernel_methods!(f64, kernel_f64, 8, "AVX-512");
+
+    const NR_THIN: usize = 4;
+
+    #[inline(always)]
+    unsafe fn kernel_thin(
+        k: usize,
+        alpha: f64,
+        a: *const f64,
+        b: *const f64,
+        beta: f64,
+        c: *mut f64,
+        strides: [isize; 2],
+        h: usize,
+        w: usize,
+    ) {
+        // SAFETY: as for f32 (h ≤ 16, w ≤ 4).
+        unsafe {
+            if h <= 8 {
+                thin_f64::<4, 1>(k, alpha, a, b, beta, c, strides, h, w)
+            } else {
+                thin_f64::<4, 2>(k, alpha, a, b, beta, c, strides, h, w)
+            }
+        }
+    }
 }

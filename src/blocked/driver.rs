@@ -145,6 +145,34 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                             panel
                         }
                     };
+                    if rows.is_none() && w <= K::NR_THIN {
+                        // A last panel of a few columns: the thin kernel, two A panels
+                        // per call, straight into C.
+                        for ir in (0..mc).step_by(2 * mr) {
+                            let h = (2 * mr).min(mc - ir);
+                            let a_panels = &a_pack[ir * kc..][..h.div_ceil(mr) * mr * kc];
+                            let strides = [c.row_stride, c.col_stride];
+                            // SAFETY: the A slice holds h.div_ceil(MR) panels of kc·MR
+                            // elements; the B panel kc·NR; the h × w block at C(ic + ir,
+                            // jc + jr) is inside C (h ≤ mc − ir, w ≤ nc − jr), valid per
+                            // the caller; h ≤ 2·MR, 1 ≤ w ≤ NR_THIN; the CPU check is
+                            // the caller's.
+                            unsafe {
+                                K::kernel_thin(
+                                    kc,
+                                    alpha,
+                                    a_panels.as_ptr(),
+                                    b_panel.as_ptr(),
+                                    beta,
+                                    at(ic + ir, jc + jr),
+                                    strides,
+                                    h,
+                                    w,
+                                )
+                            };
+                        }
+                        continue;
+                    }
                     for ir in (0..mc).step_by(mr) {
                         let h = mr.min(mc - ir);
                         let a_panel = &a_pack[ir * kc..][..mr * kc];

@@ -90,6 +90,39 @@ pub trait Kernel<T> {
         // SAFETY: forwarded; the full kernel writes a superset of the narrow columns.
         unsafe { Self::kernel(k, alpha, a, b, beta, c, rsc) }
     }
+
+    /// Columns [`Kernel::kernel_thin`] handles: 0 when the kernel has no thin form.
+    const NR_THIN: usize = 0;
+
+    /// The product of up to two A panels (`h ≤ 2·MR` rows) with the first `w ≤ NR_THIN`
+    /// columns of a B panel, with each element's arithmetic exactly [`Kernel::kernel`]'s,
+    /// written straight to C (any strides, only the `h × w` valid elements). For the
+    /// last, partial panel of a row of tiles with only a few valid columns, where even
+    /// [`Kernel::kernel_narrow`] spends most lanes on zero padding: this form puts the
+    /// rows of A in the vector lanes and broadcasts the few B values instead (a 196-pixel
+    /// plane ends in a 4-column panel).
+    ///
+    /// # Safety
+    /// - `a` is valid for reads of `h.div_ceil(MR)` packed panels (`k·MR` elements each,
+    ///   consecutive), `b` of `k·NR` elements;
+    /// - `c + i·rsc + j·csc` for `i < h`, `j < w` are valid for writes (and for reads
+    ///   unless `beta == 0`), distinct, and do not overlap `a` or `b`;
+    /// - `1 ≤ h ≤ 2·MR`, `1 ≤ w ≤ NR_THIN`; the CPU has the kernel's features.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel_thin(
+        k: usize,
+        alpha: T,
+        a: *const T,
+        b: *const T,
+        beta: T,
+        c: *mut T,
+        strides: [isize; 2],
+        h: usize,
+        w: usize,
+    ) {
+        let _ = (k, alpha, a, b, beta, c, strides, h, w);
+        unreachable!("kernel_thin called on a kernel whose NR_THIN is 0");
+    }
 }
 
 /// The portable kernel: plain Rust, a separate multiply and add (the baseline x86-64 has
@@ -282,6 +315,82 @@ macro_rules! simd_kernel {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) use simd_kernel;
+
+/// Writes the thin form of a SIMD kernel ([`Kernel::kernel_thin`]) as a
+/// `#[target_feature]` function `$name::<W, P>`: `P` A panels of `MR` rows (one vector
+/// `$rows` of MR lanes each) times `W` broadcast B values per step, `P·W` accumulators,
+/// each lane `fma(a_i, b_j, acc)` from zero in ascending `k` like the full kernel. The
+/// accumulators go to a stack tile and the epilogue runs per element with the full
+/// kernel's formulas (`mul_add` is the fused multiply-add the vectors use).
+#[cfg(target_arch = "x86_64")]
+macro_rules! thin_kernel {
+    (
+        $name:ident, $t:ty, $feature:literal, mr = $mr:literal, nr = $nr:literal,
+        zero = $zero:ident, splat = $splat:ident, load = $load:ident,
+        store = $store:ident, fma = $fma:ident
+    ) => {
+        /// See [`Kernel::kernel_thin`](crate::blocked::kernel::Kernel::kernel_thin).
+        ///
+        /// # Safety
+        /// As `Kernel::kernel_thin`, with `h ≤ P·MR` and `w ≤ W`.
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn $name<const W: usize, const P: usize>(
+            k: usize,
+            alpha: $t,
+            a: *const $t,
+            b: *const $t,
+            beta: $t,
+            c: *mut $t,
+            [rsc, csc]: [isize; 2],
+            h: usize,
+            w: usize,
+        ) {
+            const MR: usize = $mr;
+            const NR: usize = $nr;
+            let mut acc = [[$zero(); W]; P];
+            for p in 0..k {
+                for (q, acc_q) in acc.iter_mut().enumerate() {
+                    // SAFETY: panel q < P holds k·MR elements from a + q·k·MR (the
+                    // caller guarantees h.div_ceil(MR) panels and the driver passes
+                    // P = h.div_ceil(MR)); column p is MR of them.
+                    let av = unsafe { $load(a.add((q * k + p) * MR)) };
+                    for (j, acc) in acc_q.iter_mut().enumerate() {
+                        // SAFETY: B row p of the packed panel holds NR ≥ W elements.
+                        let bj = $splat(unsafe { *b.add(p * NR + j) });
+                        *acc = $fma(av, bj, *acc);
+                    }
+                }
+            }
+            let mut tile = [[[0.0 as $t; MR]; W]; P];
+            for (acc_q, tile_q) in acc.iter().zip(tile.iter_mut()) {
+                for (&acc, col) in acc_q.iter().zip(tile_q.iter_mut()) {
+                    // SAFETY: `col` is MR elements, one vector.
+                    unsafe { $store(col.as_mut_ptr(), acc) };
+                }
+            }
+            for i in 0..h {
+                for j in 0..w {
+                    let acc = tile[i / MR][j][i % MR];
+                    // SAFETY: i < h, j < w: an element of C the caller guarantees.
+                    unsafe {
+                        let out = c.offset(i as isize * rsc + j as isize * csc);
+                        *out = if beta == 0.0 {
+                            alpha * acc
+                        } else if beta == 1.0 {
+                            alpha.mul_add(acc, *out)
+                        } else {
+                            alpha.mul_add(acc, beta * *out)
+                        };
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use thin_kernel;
 
 /// The `kernel` / `kernel_narrow` methods of a [`Kernel`] impl backed by a
 /// [`simd_kernel!`] function `$f` (two vectors wide; the narrow form is one vector of

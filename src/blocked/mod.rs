@@ -26,6 +26,9 @@
 //! ## Registers
 //! `objdump -d` of the four SIMD kernels shows the accumulators in registers for the whole
 //! `k` loop: no stack stores or reloads inside it (see the report in BENCHMARKS-gemm.md).
+//! The same holds for the AVX-512 thin forms ([`Kernel::kernel_thin`], the last panel of a
+//! row of tiles when it has at most 8 valid columns): their accumulators reach the stack
+//! only after the loop, for the per-element epilogue.
 
 pub(crate) mod driver;
 pub(crate) mod kernel;

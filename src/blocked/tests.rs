@@ -283,17 +283,26 @@ fn empty_depth_scales_c_by_beta() {
 /// nor on computing `C` or `Cᵀ = Bᵀ · Aᵀ`: bit for bit, with random (inexact) data.
 #[test]
 fn results_do_not_depend_on_the_partition() {
+    partition_case::<f32>();
+    partition_case::<f64>();
+}
+
+/// Whole, split into blocks of C, or transposed: the same bits, on every path.
+fn partition_case<T: Element>() {
     let (m, k, n) = (77, 600, 301);
     let mut rng = Rng(42);
-    let a: Vec<f32> = (0..m * k).map(|_| rng.unit()).collect();
-    let b: Vec<f32> = (0..k * n).map(|_| rng.unit()).collect();
-    let c0: Vec<f32> = (0..m * n).map(|_| rng.unit()).collect();
+    let a: Vec<T> = (0..m * k).map(|_| rng.unit()).collect();
+    let b: Vec<T> = (0..k * n).map(|_| rng.unit()).collect();
+    let c0: Vec<T> = (0..m * n).map(|_| rng.unit()).collect();
     for &isa in &PATHS {
-        for beta in [0.0f32, 1.0] {
+        // alpha != 1 makes the epilogue's products round: every kernel form must fuse
+        // them the same way.
+        for (alpha, beta) in [(1.0, 0.0), (1.0, 1.0), (0.7, 1.0), (-1.3, 0.6)] {
+            let (alpha, beta) = (T::from_f64(alpha), T::from_f64(beta));
             let mut whole = c0.clone();
             gemm_on(
                 isa,
-                1.0,
+                alpha,
                 MatRef::row_major(&a, m, k, k),
                 MatRef::row_major(&b, k, n, n),
                 beta,
@@ -310,7 +319,7 @@ fn results_do_not_depend_on_the_partition() {
                         let a_v = MatRef::row_major(&a[i0 * k..], i1 - i0, k, k);
                         let b_v = MatRef::row_major(&b[j0..], k, j1 - j0, n);
                         let c_v = MatMut::row_major(&mut parts[i0 * n + j0..], i1 - i0, j1 - j0, n);
-                        gemm_on(isa, 1.0, a_v, b_v, beta, c_v);
+                        gemm_on(isa, alpha, a_v, b_v, beta, c_v);
                         j0 = j1;
                     }
                     i0 = i1;
@@ -319,12 +328,12 @@ fn results_do_not_depend_on_the_partition() {
                     whole
                         .iter()
                         .zip(&parts)
-                        .all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{isa:?}: split {m_split}x{n_split} changed the bits"
+                        .all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()),
+                    "{isa:?}: split {m_split}x{n_split} changed the bits (alpha {alpha}, beta {beta})"
                 );
             }
             // Cᵀ stored column-major is the same matrix: same bits.
-            let mut ct = vec![0.0f32; m * n];
+            let mut ct = vec![T::ZERO; m * n];
             for i in 0..m {
                 for j in 0..n {
                     ct[j * m + i] = c0[i * n + j];
@@ -339,7 +348,7 @@ fn results_do_not_depend_on_the_partition() {
             };
             gemm_on(
                 isa,
-                1.0,
+                alpha,
                 MatRef::row_major(&a, m, k, k),
                 MatRef::row_major(&b, k, n, n),
                 beta,
@@ -348,8 +357,8 @@ fn results_do_not_depend_on_the_partition() {
             for i in 0..m {
                 for j in 0..n {
                     assert_eq!(
-                        ct[j * m + i].to_bits(),
-                        whole[i * n + j].to_bits(),
+                        ct[j * m + i].to_f64().to_bits(),
+                        whole[i * n + j].to_f64().to_bits(),
                         "{isa:?}: transposed C"
                     );
                 }
