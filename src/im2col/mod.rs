@@ -21,6 +21,7 @@
 //! zero-padded layout of [`padded`]), and only the input delta (and the matrixmultiply
 //! path) still builds column tiles.
 
+mod compact;
 mod padded;
 
 use std::ops::Range;

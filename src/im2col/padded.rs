@@ -29,6 +29,7 @@
 
 use std::ops::Range;
 
+use super::compact;
 use crate::blocked::PackB;
 use crate::blocked::transpose::{Listed, transpose};
 use crate::element::Element;
@@ -399,7 +400,6 @@ fn pack_padded_body<T: Element, const FMA: bool>(
         cols.len().div_ceil(nr) * nr * kc,
         "pack_b: wrong destination length"
     );
-    let out_w = geo.w.output;
     // The rows' tap offsets, TAP_BLOCK rows at a time: the same for every panel.
     let mut taps = TapSteps::new(geo, layout, this.channel0, depth.start);
     let mut tap_block = [0usize; TAP_BLOCK];
@@ -412,20 +412,38 @@ fn pack_padded_body<T: Element, const FMA: bool>(
         for (p, j0) in cols.clone().step_by(nr).enumerate() {
             let width = nr.min(cols.end - j0);
             let panel = &mut dst[p * nr * kc..][..nr * kc];
-            // The runs of this panel: its pixels split at output-row boundaries, each
-            // copied for every row of the block.
+            // Halves of the panel with permutes where the CPU has them ([`compact`]) and
+            // the block has rows enough to pay for the lane map, the rest run by run.
+            let lanes = 64 / size_of::<T>();
             let mut at = 0;
             while at < width {
-                let pix = this.pix0 + j0 + at;
-                let len = (out_w - pix % out_w).min(width - at);
-                let pixel = layout.pixel_offset(geo, pix);
-                for (kk, &tap) in (kk0..).zip(tap_block) {
-                    simd::copy_exact(
-                        &mut panel[kk * nr + at..][..len],
-                        &this.planes[tap + pixel..][..len],
-                    );
+                let end = if nr.is_multiple_of(lanes) {
+                    width.min(at + lanes)
+                } else {
+                    width
+                };
+                // Pixel offsets stepped from the first: one division per half.
+                let first = this.pix0 + j0 + at;
+                let (row_step, out_w) = (layout.output_row_step(geo), geo.w.output);
+                let (mut p, mut q) = (first / out_w, first % out_w);
+                let offsets = (at..end).map(|_| {
+                    let offset = p * row_step + q;
+                    q += 1;
+                    if q == out_w {
+                        (p, q) = (p + 1, 0);
+                    }
+                    offset
+                });
+                let packed = nr.is_multiple_of(lanes)
+                    && rows >= compact::MIN_ROWS
+                    && compact::HalfPanel::new(offsets, lanes).is_some_and(|half| {
+                        let rows = &mut panel[kk0 * nr..];
+                        compact::pack_half(this.planes, tap_block, &half, rows, nr, at)
+                    });
+                if !packed {
+                    copy_runs(this, tap_block, &mut panel[kk0 * nr..], nr, j0, at..end);
                 }
-                at += len;
+                at = end;
             }
             if width < nr {
                 for kk in kk0..kk0 + rows {
@@ -433,6 +451,35 @@ fn pack_padded_body<T: Element, const FMA: bool>(
                 }
             }
         }
+    }
+}
+
+/// Packs columns `at` of a panel starting at pixel `j0` (past `this.pix0`) for the
+/// rows whose tap offsets are `taps`, into `rows` (row `kk` at `kk·nr`): the pixels split
+/// at output-row boundaries into runs, each copied for every row.
+#[inline(always)]
+fn copy_runs<T: Element>(
+    this: &PaddedIm2colB<'_, T>,
+    taps: &[usize],
+    rows: &mut [T],
+    nr: usize,
+    j0: usize,
+    cols: Range<usize>,
+) {
+    let (geo, layout) = (this.geo, this.layout);
+    let out_w = geo.w.output;
+    let mut at = cols.start;
+    while at < cols.end {
+        let pix = this.pix0 + j0 + at;
+        let len = (out_w - pix % out_w).min(cols.end - at);
+        let pixel = layout.pixel_offset(geo, pix);
+        for (kk, &tap) in taps.iter().enumerate() {
+            simd::copy_exact(
+                &mut rows[kk * nr + at..][..len],
+                &this.planes[tap + pixel..][..len],
+            );
+        }
+        at += len;
     }
 }
 
@@ -810,8 +857,8 @@ mod tests {
 
     /// Packs `depth × cols` of `b` in `nr`-wide panels into a NaN-filled buffer and checks
     /// every element: `want(row, col)` inside `cols`, zero in the padding columns.
-    fn check_packed(
-        b: &impl PackB<f64>,
+    fn check_packed<T: Element>(
+        b: &impl PackB<T>,
         nr: usize,
         depth: Range<usize>,
         cols: Range<usize>,
@@ -819,7 +866,7 @@ mod tests {
         what: &str,
     ) {
         let (kc, panels) = (depth.len(), cols.len().div_ceil(nr));
-        let mut dst = vec![f64::NAN; panels * nr * kc];
+        let mut dst = vec![T::from_f64(f64::NAN); panels * nr * kc];
         b.pack_b(nr, depth.clone(), cols.clone(), &mut dst);
         for p in 0..panels {
             for kk in 0..kc {
@@ -830,7 +877,7 @@ mod tests {
                     } else {
                         0.0
                     };
-                    let got = dst[(p * kc + kk) * nr + j];
+                    let got = dst[(p * kc + kk) * nr + j].to_f64();
                     assert_eq!(
                         got, expected,
                         "{what} nr {nr} rows {depth:?} cols {cols:?} panel {p} row {kk} col {j}"
@@ -879,6 +926,19 @@ mod tests {
                 let want = |row: usize, col: usize| column(&geo, &x, g * cg, row, pix0 + col);
                 let what = format!("{spec:?} pix0 {pix0}");
                 check_packed(&b, nr, d0..d1, j0..j1, want, &what);
+                // The same in f32 (the values are small integers, exact in both): the
+                // AVX-512 permute packing has a kernel per type.
+                let planes32: Vec<f32> = planes.iter().map(|&v| v as f32).collect();
+                let b32 = PaddedIm2colB {
+                    geo: &geo,
+                    layout: &layout,
+                    planes: &planes32,
+                    channel0: g * cg,
+                    channels: cg,
+                    pix0,
+                    len,
+                };
+                check_packed(&b32, nr, d0..d1, j0..j1, want, &what);
             },
         );
     }
