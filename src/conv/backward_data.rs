@@ -308,13 +308,20 @@ fn tile_product<T: Element>(
 
 /// The input delta of a stride-1 layer as a forward convolution, where that is faster:
 /// `dy` (`K` channels) padded by `dil·(R − 1) − pad` and correlated with the flipped,
-/// transposed filters ([`flip_weights`]) is `dx`. Taken where that forward reads its
-/// column matrix in place ([`forward::takes_wide_path`]: batched, rows with few junk
-/// columns) and has at least 16 output channels per group; there it skips this module's
-/// `dy` packing and col2im. Measured, 1 thread / 2 threads, best of 3 alternated:
-/// resnet_3x3_56 95 → 101 / 173 → 198 GFLOP/s, dilated_3x3 96 → 98 / 190 → 195, a
-/// 1×9 layer over 4000 samples 95 → 105 / 190 → 207; resnet_3x3_28 (packed forward) was
-/// equal and LeNet's layers 3-12× slower, hence the conditions.
+/// transposed filters ([`flip_weights`]) is `dx`. It skips this module's `dy` packing and
+/// col2im. Taken with at least 16 input channels per group where that forward
+/// - reads its column matrix in place ([`forward::takes_wide_path`]: batched, rows with
+///   few junk columns). 1 thread / 2 threads, best of 3 alternated: resnet_3x3_56 95 →
+///   101 / 173 → 198 GFLOP/s, dilated_3x3 96 → 98 / 190 → 195, a 1×9 layer over 4000
+///   samples 95 → 105 / 190 → 207;
+/// - or packs it from padded planes ([`forward::takes_padded_path`]), when the input
+///   plane is at most 1/16 larger than the output plane (the transposed forward computes
+///   `H·W` outputs where this module's GEMM computes `P·Q` columns: LeNet's unpadded
+///   layers were 3–12× slower) and the layer has at least as many input channels as
+///   filters per group (the transposed GEMM's rows): resnet_3x3_28 103.4 → 107.3 /
+///   207 → 211, 16 channels on 28×28 69 → 77, 64 on 14×14 (N = 32) 88 → 97, 256 on
+///   7×7 74 → 76; 32 channels to 64 filters on 14×14 was 5% slower, hence the last
+///   condition.
 fn transposed(geo: &ConvGeometry) -> Option<ConvGeometry> {
     let padding = |a: &Axis| {
         (a.kernel - 1)
@@ -339,8 +346,12 @@ fn transposed(geo: &ConvGeometry) -> Option<ConvGeometry> {
     let t = ConvGeometry::new(&spec).ok()?;
     // The transposed layer's output is exactly dx.
     debug_assert!(t.h.output == geo.h.input && t.w.output == geo.w.input);
-    (t.h.output == geo.h.input && t.w.output == geo.w.input && forward::takes_wide_path(&t))
-        .then_some(t)
+    let same_plane = geo.in_plane.saturating_mul(16) <= geo.out_plane.saturating_mul(17);
+    let packed = same_plane
+        && geo.channels_per_group >= geo.filters_per_group
+        && forward::takes_padded_path(&t);
+    let fast = forward::takes_wide_path(&t) || packed;
+    (t.h.output == geo.h.input && t.w.output == geo.w.input && fast).then_some(t)
 }
 
 /// `w_t[g·cg + c][k][r][s] = w[g·kg + k][c][R−1−r][S−1−s]`: the filters of the transposed

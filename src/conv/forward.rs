@@ -225,6 +225,12 @@ pub(crate) fn takes_wide_path(geo: &ConvGeometry) -> bool {
     geo.batch > 1 && wide_layout(geo).is_some()
 }
 
+/// Whether [`forward`] packs this layer's B panels from padded planes
+/// ([`forward_padded`]).
+pub(crate) fn takes_padded_path(geo: &ConvGeometry) -> bool {
+    geo.batch > 1 && wide_layout(geo).is_none() && padded_layout(geo).is_some()
+}
+
 /// Wide columns per tile of the wide path: a multiple of 32 (whole GEMM panels).
 fn wide_tile(geo: &ConvGeometry, layout: &PaddedLayout, elem_size: usize) -> usize {
     let by_budget = WIDE_C_TILE_BYTES / (geo.filters_per_group * elem_size).max(1) / 32 * 32;

@@ -266,6 +266,17 @@ pub fn battery() -> Vec<Case> {
             name: "single_image_shared_columns",
             spec: spec(1, 40, [9, 11], 40, [3, 3], one, one, one, 1),
         },
+        // Batched stride-1 layers with narrow rows (12 padded columns for 10 outputs) and
+        // at least as many channels as filters per group: the input delta runs as the
+        // transposed forward packed from padded planes.
+        Case {
+            name: "input_delta_transposed_packed",
+            spec: spec(2, 24, [10, 10], 16, [3, 3], one, one, one, 1),
+        },
+        Case {
+            name: "input_delta_transposed_packed_grouped",
+            spec: spec(2, 32, [7, 6], 32, [3, 3], one, one, one, 2),
+        },
     ]
 }
 
