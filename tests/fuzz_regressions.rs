@@ -282,3 +282,35 @@ fn depthwise_workspace_of_astronomical_planes() {
         );
     }
 }
+
+/// conv_never_panics (allocation guard): 317 channels of a 1 × 1 input with padding 7 × 16
+/// (and a dilation near 2^23 that leaves one kernel row) were padded per channel to
+/// 15 × 33 planes, which the padded layout accepted because each channel stayed within a
+/// fixed per-channel allowance: 1.25 MB per image in f64, two images in flight, over the
+/// guard's limit for buffers of a few KB. The allowance now covers the whole image, so
+/// each task's scratch stays near the 1 MiB column tile.
+#[test]
+fn padded_copy_of_many_tiny_channels() {
+    let spec = Conv2dSpec {
+        batch: 2,
+        in_channels: 317,
+        in_h: 1,
+        in_w: 1,
+        out_channels: 1,
+        kernel: [1, 1],
+        stride: [2, 1],
+        padding: [7, 16],
+        dilation: [8_281_344, 1],
+        groups: 1,
+    };
+    let conv = Conv2d::new(spec).unwrap();
+    assert_eq!(conv.output_dims(), [2, 1, 8, 33]);
+    for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardWeights] {
+        let ws = conv.workspace::<f64>(pass);
+        assert!(
+            ws.column_bytes_per_task <= 1 << 20,
+            "{pass:?}: {ws:?} for buffers of a few KB"
+        );
+    }
+    check_all_passes(spec);
+}

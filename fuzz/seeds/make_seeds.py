@@ -175,6 +175,9 @@ np_case("kernel_huge", k0=sp(1 << 40), p0=sp(1 << 40))
 np_case("stride_huge", s0=sp(2**64 - 1), s1=sp(2**64 - 1))
 np_case("groups_huge", groups=sp(2**64 - 1))
 np_case("raw_fields", batch=raw(0x0123456789ABCDEF), in_w=raw(3))
+# Found: 317 channels of a 1 × 1 input padded to 15 × 33 each: scratch over the guard.
+np_case("many_tiny_padded_channels", batch=2, in_channels=raw(317), in_h=1, in_w=1,
+        out_channels=1, k0=1, k1=1, s0=2, p0=7, p1=16)
 # ---------------------------------------------------------------- pool_matches_reference
 # flags: bit 0 count_include_pad, bits 1-2 data mode, bit 3 also f32, bit 4 big,
 # bit 5 corrupt an argmax, bit 6 wrong buffer lengths.

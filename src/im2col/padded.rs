@@ -89,14 +89,21 @@ impl PaddedLayout {
         // phases · row_len < cols + stride_w, so channel_len < (rows + stride_h) ·
         // (cols + stride_w).
         let channel_len = phase_len.checked_mul(phases)?;
-        let limit = (geo.in_plane + geo.out_plane)
+        // The padded copy of an image stays within 4× the image and its output together,
+        // plus 4096 elements. (A per-channel allowance of 1024 elements let 317 channels
+        // of a 1 × 1 input, padded to 15 × 33, take 1.25 MB per image in f64, 500× the
+        // input: found by conv_never_panics' allocation guard.)
+        let image = geo.in_channels.saturating_mul(geo.in_plane);
+        let output = geo.out_channels.saturating_mul(geo.out_plane);
+        let limit = image
+            .saturating_add(output)
             .saturating_mul(4)
-            .saturating_add(1024);
+            .saturating_add(4096);
         let total = channel_len.checked_mul(geo.in_channels)?;
         let addressable = total
             .checked_mul(size_of::<f64>())
             .is_some_and(|bytes| bytes <= isize::MAX as usize);
-        (channel_len <= limit && addressable).then_some(PaddedLayout {
+        (total <= limit && addressable).then_some(PaddedLayout {
             modulus,
             row_phases,
             rows_per_phase,
