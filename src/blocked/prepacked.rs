@@ -39,10 +39,24 @@ pub(crate) struct PrepackedA<'a, T: Element, A> {
     data: Scratch<T>,
 }
 
-/// `(MR, KC, MC)` of the kernel the blocked GEMM runs on `isa` for `T`.
-fn kernel_blocking<T: Element>(isa: Isa) -> (usize, usize, usize) {
-    fn of<T, K: Kernel<T>>() -> (usize, usize, usize) {
-        (K::MR, K::KC, K::MC)
+/// The tile and block sizes of the kernel the blocked GEMM runs on some path.
+#[derive(Clone, Copy)]
+struct Blocking {
+    mr: usize,
+    nr: usize,
+    kc: usize,
+    mc: usize,
+}
+
+/// The [`Blocking`] of the kernel the blocked GEMM runs on `isa` for `T`.
+fn kernel_blocking<T: Element>(isa: Isa) -> Blocking {
+    fn of<T, K: Kernel<T>>() -> Blocking {
+        Blocking {
+            mr: K::MR,
+            nr: K::NR,
+            kc: K::KC,
+            mc: K::MC,
+        }
     }
     match isa.min(simd::detect()) {
         Isa::Avx512 => of::<T, T::Avx512>(),
@@ -54,7 +68,12 @@ fn kernel_blocking<T: Element>(isa: Isa) -> (usize, usize, usize) {
 /// Elements [`PrepackedA::new`] packs for an `m × k` operand on path `isa`: whole
 /// `mc × kc` slots, so up to one block row and column of padding beyond `m·k`.
 pub(crate) fn prepacked_len<T: Element>(isa: Isa, m: usize, k: usize) -> usize {
-    let (mr, kc_cap, mc_cap) = kernel_blocking::<T>(isa);
+    let Blocking {
+        mr,
+        kc: kc_cap,
+        mc: mc_cap,
+        ..
+    } = kernel_blocking::<T>(isa);
     let kc = block_len(k, kc_cap, 1);
     let mc = block_len(m, mc_cap, mr);
     m.div_ceil(mc)
@@ -67,7 +86,12 @@ impl<'a, T: Element, A: PackA<T>> PrepackedA<'a, T, A> {
     /// the passes), in the driver's blocks.
     pub(crate) fn new(isa: Isa, source: &'a A) -> Self {
         let (m, k) = (source.rows(), source.depth());
-        let (mr, kc_cap, mc_cap) = kernel_blocking::<T>(isa);
+        let Blocking {
+            mr,
+            kc: kc_cap,
+            mc: mc_cap,
+            ..
+        } = kernel_blocking::<T>(isa);
         let kc = block_len(k, kc_cap, 1);
         let mc = block_len(m, mc_cap, mr);
         let (m_blocks, k_blocks) = (m.div_ceil(mc), k.div_ceil(kc));
@@ -128,22 +152,10 @@ impl<T: Element, A: PackA<T>> PackA<T> for PrepackedA<'_, T, A> {
     }
 }
 
-/// `(NR, KC)` of the kernel the blocked GEMM runs on `isa` for `T`.
-fn kernel_panels<T: Element>(isa: Isa) -> (usize, usize) {
-    fn of<T, K: Kernel<T>>() -> (usize, usize) {
-        (K::NR, K::KC)
-    }
-    match isa.min(simd::detect()) {
-        Isa::Avx512 => of::<T, T::Avx512>(),
-        Isa::Avx2 => of::<T, T::Avx2>(),
-        Isa::Scalar => of::<T, T::Portable>(),
-    }
-}
-
 /// Elements [`PrepackedB`] packs for a `k × n` operand on path `isa`: every depth block
 /// over all columns in whole panels, so `n` rounded up to `NR` and `k` to a whole block.
 pub(crate) fn prepacked_b_len<T: Element>(isa: Isa, k: usize, n: usize) -> usize {
-    let (nr, kc_cap) = kernel_panels::<T>(isa);
+    let Blocking { nr, kc: kc_cap, .. } = kernel_blocking::<T>(isa);
     let kc = block_len(k, kc_cap, 1);
     k.div_ceil(kc)
         .saturating_mul(kc)
@@ -175,7 +187,7 @@ impl<'a, T: Element, B: PackB<T> + Sync> PrepackedB<'a, T, B> {
     /// pairs of panels (plain copies: the bits do not depend on the split).
     pub(crate) fn new(isa: Isa, source: &'a B) -> Self {
         let (k, n) = (source.depth(), source.cols());
-        let (nr, kc_cap) = kernel_panels::<T>(isa);
+        let Blocking { nr, kc: kc_cap, .. } = kernel_blocking::<T>(isa);
         let kc = block_len(k, kc_cap, 1);
         let n_pad = n.div_ceil(nr) * nr;
         let mut data = take_from::<T>(Slot::Weights, prepacked_b_len::<T>(isa, k, n));
@@ -272,7 +284,7 @@ mod tests {
             for &isa in &isas {
                 for &packed_for in &isas {
                     let pre = PrepackedA::new(packed_for, &a_view);
-                    let (mr, kc, mc) = kernel_blocking::<f32>(packed_for);
+                    let Blocking { mr, kc, mc, .. } = kernel_blocking::<f32>(packed_for);
                     let first = pre.packed(
                         mr,
                         0..m.min(block_len(m, mc, mr)),
@@ -317,7 +329,7 @@ mod tests {
             for &isa in &isas {
                 for &packed_for in &isas {
                     let pre = PrepackedB::new(packed_for, &b_view);
-                    let (nr, kc) = kernel_panels::<f32>(packed_for);
+                    let Blocking { nr, kc, .. } = kernel_blocking::<f32>(packed_for);
                     let kc = block_len(k, kc, 1);
                     assert!(pre.packed(nr, 0..kc.min(k), 0..n).is_some());
                     if n > 1 {
