@@ -3,9 +3,11 @@
 //!
 //! The passes are written once against the subset of rayon's API re-exported here. The
 //! work partition never depends on the thread count, so both builds give bit-identical
-//! results. The one exception is [`threads`]-sized splits of a blocked GEMM's rows, which
-//! cannot change a bit: that GEMM computes each element the same way however its rows
-//! are split (see [`blocked`](crate::blocked)).
+//! results. The exceptions cannot change a bit: [`threads`]-sized splits of a blocked
+//! GEMM's rows (that GEMM computes each element the same way however its rows are split,
+//! see [`blocked`](crate::blocked)), and the forward's choice of which images of a batch
+//! take the single-image path (every forward path computes each output with the same
+//! operations).
 
 /// Threads the calling pool runs (1 without the `rayon` feature).
 pub(crate) fn threads() -> usize {

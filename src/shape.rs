@@ -365,6 +365,17 @@ impl ConvGeometry {
         })
     }
 
+    /// The same layer over `batch` images (at most this one's, so no length overflows).
+    pub(crate) fn with_batch(&self, batch: usize) -> ConvGeometry {
+        debug_assert!(batch <= self.batch);
+        ConvGeometry {
+            batch,
+            x_len: batch * self.in_channels * self.in_plane,
+            y_len: batch * self.out_channels * self.out_plane,
+            ..*self
+        }
+    }
+
     /// FLOPs of one pass: `2·N·K·(C/groups)·R·S·P·Q` (saturating).
     pub(crate) fn flops(&self) -> u64 {
         [self.batch, self.out_channels, self.col_rows, self.out_plane]

@@ -69,6 +69,9 @@ fn warm_calls_allocate_no_scratch() {
         ("depthwise, strided", spec(3, 16, 41, 16, 2, 16), true),
         ("images", spec(4, 32, 40, 32, 1, 1), own_gemm),
         ("single image", spec(1, 64, 30, 64, 1, 1), own_gemm),
+        // Two images batched, the third split across both threads (forward and the
+        // input delta's transposed forward), one after the other in every call.
+        ("leftover image", spec(3, 64, 28, 64, 1, 1), own_gemm),
         ("strided", spec(4, 16, 41, 16, 2, 1), own_gemm),
         ("grouped", spec(3, 32, 30, 32, 1, 4), own_gemm),
     ];

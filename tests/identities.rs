@@ -137,6 +137,9 @@ fn bit_identical_across_thread_counts() {
     cases.push(spec(1, 64, [30, 30], 16, [3, 3], one, one, one, 1)); // one image, many tiles
     cases.push(spec(3, 64, [28, 28], 8, [3, 3], [2, 2], one, one, 1)); // partials from tiles
     cases.push(spec(1, 256, [7, 7], 32, [1, 1], one, [0, 0], one, 1)); // pointwise, one image
+    // Images left over after an even split, each split across the threads (7 = 3·2 + 1 =
+    // 5 + 2); 14.7 MFLOP per image, above the forward's size floor for that route.
+    cases.push(spec(7, 64, [20, 20], 32, [3, 3], one, one, one, 1));
     for (i, s) in cases.iter().enumerate() {
         let conv = Conv2d::new(*s).unwrap();
         let (xl, wl, yl, kl) = lens(&conv);
@@ -169,6 +172,60 @@ fn bit_identical_across_thread_counts() {
                 run(threads) == base,
                 "{s:?}: results differ between 1 and {threads} threads"
             );
+        }
+    }
+}
+
+/// The forward of a batch gives, image for image, the bits of a batch-1 call on that
+/// image (bias and a ReLU fused): the batched paths (in-place wide columns, packing from
+/// padded planes, column tiles) and the single-image paths (output channels split across
+/// threads) do each output's arithmetic identically. The batched forward relies on this
+/// when it hands the images left over after an even split across the threads to the
+/// single-image path. The batch runs on one thread, so every image takes a batched path.
+#[test]
+fn forward_per_image_bits_equal_the_batch() {
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let one = [1, 1];
+    let mut cases: Vec<Conv2dSpec> = battery().into_iter().map(|c| c.spec).collect();
+    cases.push(spec(3, 64, [28, 28], 64, [3, 3], one, one, one, 1)); // wide path
+    cases.push(spec(3, 128, [14, 14], 128, [3, 3], one, one, one, 1)); // padded planes
+    cases.push(spec(3, 32, [29, 29], 48, [3, 3], [2, 2], one, one, 1)); // strided
+    cases.push(spec(3, 64, [20, 20], 32, [3, 3], one, [2, 2], [2, 2], 1)); // dilated
+    cases.push(spec(3, 64, [16, 16], 64, [3, 3], one, one, one, 4)); // grouped
+    cases.push(spec(3, 96, [14, 14], 80, [1, 1], one, [0, 0], one, 1)); // pointwise
+    cases.push(spec(3, 3, [40, 40], 16, [7, 7], [2, 2], [3, 3], one, 1)); // stem-like
+    cases.push(spec(3, 16, [1, 300], 24, [1, 9], one, [0, 4], one, 1)); // audio-like
+    for (i, s) in cases.iter().enumerate() {
+        let conv = Conv2d::new(*s).unwrap();
+        let single = Conv2d::new(Conv2dSpec { batch: 1, ..*s }).unwrap();
+        let (xl, wl, yl, kl) = lens(&conv);
+        let n = s.batch;
+        let mut rng = Rng::new(4400 + i as u64);
+        let x: Vec<f32> = rng.floats(xl);
+        let w: Vec<f32> = rng.floats(wl);
+        let b: Vec<f32> = rng.floats(kl);
+        let act = convgemm::Activation::Relu;
+        let mut y = vec![0.0f32; yl];
+        one_thread.install(|| {
+            conv.forward_activated(&x, &w, Some(&b), act, &mut y)
+                .unwrap()
+        });
+        let (x_image, y_image) = (xl / n, yl / n);
+        for img in 0..n {
+            let mut y1 = vec![0.0f32; y_image];
+            let x1 = &x[img * x_image..][..x_image];
+            single
+                .forward_activated(x1, &w, Some(&b), act, &mut y1)
+                .unwrap();
+            let batched = &y[img * y_image..][..y_image];
+            let same = batched
+                .iter()
+                .zip(&y1)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{s:?}: image {img} differs from its batch-1 forward");
         }
     }
 }

@@ -57,19 +57,21 @@ fn tile_and_buffer(geo: &ConvGeometry, elem_size: usize) -> (usize, usize) {
 }
 
 /// Elements of the column buffer each task allocates.
-pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
+pub(crate) fn column_buffer_len<T: Element>(geo: &ConvGeometry) -> usize {
     if let Some(t) = transposed(geo) {
-        return forward::column_buffer_len(&t, elem_size);
+        // The transposed forward's column buffer and padded copy (`phased_len` gives 0).
+        return forward::scratch_lens::<T>(&t).0;
     }
-    tile_and_buffer(geo, elem_size).1
+    tile_and_buffer(geo, size_of::<T>()).1
 }
 
 /// Elements of the accumulation buffer each task allocates: padded planes of a block's
 /// channels ([`PaddedLayout`]), else the phase-split planes of a strided layer (0 when
-/// dense, or pointwise: written in place).
+/// dense, or pointwise: written in place; 0 for the transposed forward, whose copy
+/// [`column_buffer_len`] counts).
 pub(crate) fn phased_len(geo: &ConvGeometry) -> usize {
-    if let Some(t) = transposed(geo) {
-        return forward::phased_len(&t);
+    if transposed(geo).is_some() {
+        return 0;
     }
     if geo.is_pointwise() {
         return 0;
@@ -91,7 +93,7 @@ pub(crate) fn phased_len(geo: &ConvGeometry) -> usize {
 pub(crate) fn packed_weights_len<T: Element>(geo: &ConvGeometry) -> usize {
     if let Some(t) = transposed(geo) {
         // The flipped filters, then the transposed forward's packed copy of them.
-        return geo.w_len + forward::packed_weights_len::<T>(&t);
+        return geo.w_len + forward::scratch_lens::<T>(&t).1;
     }
     if prepacks(geo) {
         prepacked_len::<T>(simd::isa(), geo.col_rows, geo.out_channels)

@@ -28,7 +28,9 @@
 //!
 //! Parallelism: over images when `N ≥ 2`. A single image runs the GEMM in parallel over
 //! blocks of output channels, whose rows of `y` are disjoint (on the column-tile path it
-//! first builds each tile once, in parallel over channel blocks).
+//! first builds each tile once, in parallel over channel blocks). A batch that does not
+//! divide evenly among the threads hands its last one or two images to that single-image
+//! path ([`leftover_images`]), so no thread idles for a whole image.
 
 use crate::activation::{Activation, apply_in_place};
 use crate::blocked::{
@@ -79,9 +81,58 @@ fn padded_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
     }
 }
 
+/// Smallest image (forward FLOPs) [`leftover_images`] splits across threads: below it the
+/// split's synchronization outweighs the idle thread (N = 3 on 2 threads: 64 channels on
+/// 14 × 14, 14.5 MFLOP, 134 → 160 GFLOP/s; LeNet's second layer, 3.2 MFLOP, 124 → 121; a
+/// grouped 64-channel layer on 16 × 16, 4.7 MFLOP, 104 → 96).
+const LEFTOVER_MIN_FLOPS: u64 = 1 << 23;
+
+/// Images of a batched call that go to the single-image path: with `T` threads, the
+/// `N mod T` left over after each thread took `⌊N/T⌋` images, when there are at most
+/// [`SINGLE_IMAGE_FILTER_BLOCKS`]` / 2` of them. One image per task would leave `T − r`
+/// threads idle for a whole image; split across all threads, the `r` images take about
+/// `r / min(T, 4)` of that time. Only for images of at least [`LEFTOVER_MIN_FLOPS`].
+/// N = 3 on 2 threads, best of 3 alternated, GFLOP/s: resnet_3x3_28 159 → 202,
+/// resnet_3x3_56 155 → 190, resnet_stem 148 → 189, resnet_3x3_s2 146 → 177, resnet_1x1_14
+/// 161 → 203, dilated_3x3 152 → 186, audio_1x9 163 → 195; N = 5: resnet_3x3_28 177 → 205.
+/// The split depends on the thread count but no result does: the batched and the
+/// single-image paths compute each output with the same operations
+/// (`forward_per_image_bits_equal_the_batch` in `tests/identities.rs`).
+fn leftover_images(geo: &ConvGeometry) -> usize {
+    let threads = threads();
+    if threads < 2 || geo.batch <= threads || geo.with_batch(1).flops() < LEFTOVER_MIN_FLOPS {
+        return 0;
+    }
+    let left = geo.batch % threads;
+    if left <= SINGLE_IMAGE_FILTER_BLOCKS / 2 {
+        left
+    } else {
+        0
+    }
+}
+
+/// The scratch of a forward call, in elements: (per task, its column buffer and padded or
+/// phase-split copy; per call, the packed operand it holds). Where the call hands
+/// [`leftover_images`] to the single-image path, the larger of the two paths' needs
+/// (they run one after the other).
+pub(crate) fn scratch_lens<T: Element>(geo: &ConvGeometry) -> (usize, usize) {
+    let lens = |g: &ConvGeometry| {
+        (
+            column_buffer_len(g, size_of::<T>()) + phased_len(g),
+            packed_weights_len::<T>(g),
+        )
+    };
+    let (task, call) = lens(geo);
+    if leftover_images(geo) == 0 {
+        return (task, call);
+    }
+    let (task1, call1) = lens(&geo.with_batch(1));
+    (task.max(task1), call.max(call1))
+}
+
 /// Elements of the column buffer a task uses (per image for `N ≥ 2`, per call for a single
 /// image; none when im2col is fused into the GEMM's packing).
-pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
+fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
     if let Some(layout) = wide_layout(geo) {
         return geo.filters_per_group * wide_tile(geo, &layout, elem_size);
     }
@@ -93,7 +144,7 @@ pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
 }
 
 /// Elements of the padded or phase-split copy of one image (0 for the dense layout).
-pub(crate) fn phased_len(geo: &ConvGeometry) -> usize {
+fn phased_len(geo: &ConvGeometry) -> usize {
     let padded = wide_layout(geo).or_else(|| padded_layout(geo));
     if let Some(padded) = padded.or_else(|| single_image_padded(geo)) {
         return padded.buffer_len(geo.in_channels);
@@ -119,6 +170,24 @@ pub(crate) fn forward<T: Element>(
     }
     let x_image = geo.in_channels * geo.in_plane;
     let y_image = geo.out_channels * geo.out_plane;
+    let leftover = leftover_images(geo);
+    if leftover > 0 {
+        // The images that divide evenly among the threads, one per task; then each
+        // leftover image split across all of them. Same bits either way (every path
+        // computes each output identically), so the thread count still changes none.
+        let full = geo.batch - leftover;
+        let (x_full, x_rest) = x.split_at(full * x_image);
+        let (y_full, y_rest) = y.split_at_mut(full * y_image);
+        forward(&geo.with_batch(full), x_full, w, bias, act, y_full);
+        let one = geo.with_batch(1);
+        for (x_n, y_n) in x_rest
+            .chunks_exact(x_image)
+            .zip(y_rest.chunks_exact_mut(y_image))
+        {
+            forward_single_image(&one, x_n, w, bias, act, y_n);
+        }
+        return;
+    }
     let layout = PlaneLayout::for_lowering(geo);
     let tile = tile_for(geo, size_of::<T>());
     let col_len = column_buffer_len(geo, size_of::<T>());
@@ -345,7 +414,7 @@ fn prepack<'a, T: Element>(
 /// Elements of the packed operand a call holds: all of `W` for a batched, ungrouped layer
 /// on the blocked GEMM ([`prepack`]); for a single image on more than one thread, its
 /// column matrix where [`shares_columns`] allows; else none.
-pub(crate) fn packed_weights_len<T: Element>(geo: &ConvGeometry) -> usize {
+fn packed_weights_len<T: Element>(geo: &ConvGeometry) -> usize {
     if use_blocked() && geo.groups == 1 && geo.batch > 1 {
         prepacked_len::<T>(crate::simd::isa(), geo.out_channels, geo.col_rows)
     } else if shares_columns::<T>(geo) {

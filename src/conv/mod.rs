@@ -180,13 +180,12 @@ impl Conv2d {
             };
         }
         let (col, partials, packed) = match pass {
-            Pass::Forward => (
-                forward::column_buffer_len(&self.geo, elem) + forward::phased_len(&self.geo),
-                0,
-                forward::packed_weights_len::<T>(&self.geo),
-            ),
+            Pass::Forward => {
+                let (task, call) = forward::scratch_lens::<T>(&self.geo);
+                (task, 0, call)
+            }
             Pass::BackwardData => (
-                backward_data::column_buffer_len(&self.geo, elem)
+                backward_data::column_buffer_len::<T>(&self.geo)
                     + backward_data::phased_len(&self.geo),
                 0,
                 backward_data::packed_weights_len::<T>(&self.geo),
