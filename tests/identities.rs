@@ -140,6 +140,11 @@ fn bit_identical_across_thread_counts() {
     // Images left over after an even split, each split across the threads (7 = 3·2 + 1 =
     // 5 + 2); 14.7 MFLOP per image, above the forward's size floor for that route.
     cases.push(spec(7, 64, [20, 20], 32, [3, 3], one, one, one, 1));
+    // The same route for input deltas that are not a transposed forward: strided (phase
+    // planes), unpadded 5 × 5 (col2im in place), pointwise.
+    cases.push(spec(7, 64, [29, 29], 96, [3, 3], [2, 2], one, one, 1));
+    cases.push(spec(7, 32, [24, 24], 64, [5, 5], one, [0, 0], one, 1));
+    cases.push(spec(7, 256, [14, 14], 128, [1, 1], one, [0, 0], one, 1));
     for (i, s) in cases.iter().enumerate() {
         let conv = Conv2d::new(*s).unwrap();
         let (xl, wl, yl, kl) = lens(&conv);

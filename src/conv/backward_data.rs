@@ -56,23 +56,44 @@ fn tile_and_buffer(geo: &ConvGeometry, elem_size: usize) -> (usize, usize) {
     (tile, if geo.is_pointwise() { 0 } else { rows * tile })
 }
 
-/// Elements of the column buffer each task allocates.
-pub(crate) fn column_buffer_len<T: Element>(geo: &ConvGeometry) -> usize {
+/// The scratch of an input-delta call, in elements: (per task, its `dcol` tile and
+/// accumulation planes; per call, the packed operand it holds: all of `Wᵀ` for a batched,
+/// ungrouped layer on the blocked GEMM, or a single image's packed `dy`). For the
+/// transposed forward, that forward's needs plus the flipped filters. Where
+/// [`forward::leftover_images`] hands images to [`single_image`], the larger of the two
+/// routes' needs (they run one after the other).
+pub(crate) fn scratch_lens<T: Element>(geo: &ConvGeometry) -> (usize, usize) {
     if let Some(t) = transposed(geo) {
-        // The transposed forward's column buffer and padded copy (`phased_len` gives 0).
-        return forward::scratch_lens::<T>(&t).0;
+        let (task, call) = forward::scratch_lens::<T>(&t);
+        // The flipped filters, then the transposed forward's packed copy of them.
+        return (task, geo.w_len + call);
     }
-    tile_and_buffer(geo, size_of::<T>()).1
+    let (tile, dcol_len) = tile_and_buffer(geo, size_of::<T>());
+    let packed_dy = |g: &ConvGeometry| {
+        if prepacks_dy::<T>(g) && tile >= g.out_plane {
+            prepacked_b_len::<T>(simd::isa(), g.out_channels, g.out_plane)
+        } else {
+            0
+        }
+    };
+    let task = dcol_len + phased_len(geo);
+    let call = if prepacks(geo) {
+        prepacked_len::<T>(simd::isa(), geo.col_rows, geo.out_channels)
+    } else {
+        packed_dy(geo)
+    };
+    if geo.batch == 1 || forward::leftover_images(geo) == 0 {
+        return (task, call);
+    }
+    let one = geo.with_batch(1);
+    let task1 = single_image_scratch_len(&one, tile);
+    (task.max(task1), call.max(packed_dy(&one)))
 }
 
 /// Elements of the accumulation buffer each task allocates: padded planes of a block's
 /// channels ([`PaddedLayout`]), else the phase-split planes of a strided layer (0 when
-/// dense, or pointwise: written in place; 0 for the transposed forward, whose copy
-/// [`column_buffer_len`] counts).
-pub(crate) fn phased_len(geo: &ConvGeometry) -> usize {
-    if transposed(geo).is_some() {
-        return 0;
-    }
+/// dense, or pointwise: written in place).
+fn phased_len(geo: &ConvGeometry) -> usize {
     if geo.is_pointwise() {
         return 0;
     }
@@ -84,23 +105,6 @@ pub(crate) fn phased_len(geo: &ConvGeometry) -> usize {
         0
     } else {
         channel_block(geo) * layout.channel_len
-    }
-}
-
-/// Elements of the packed `Wᵀ` a call holds: all of it for a batched, ungrouped layer on
-/// the blocked GEMM, else none; for the transposed forward, the flipped filters and that
-/// forward's packed copy.
-pub(crate) fn packed_weights_len<T: Element>(geo: &ConvGeometry) -> usize {
-    if let Some(t) = transposed(geo) {
-        // The flipped filters, then the transposed forward's packed copy of them.
-        return geo.w_len + forward::scratch_lens::<T>(&t).1;
-    }
-    if prepacks(geo) {
-        prepacked_len::<T>(simd::isa(), geo.col_rows, geo.out_channels)
-    } else if prepacks_dy::<T>(geo) {
-        prepacked_b_len::<T>(simd::isa(), geo.out_channels, geo.out_plane)
-    } else {
-        0
     }
 }
 
@@ -135,32 +139,24 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
     let (tile, dcol_len) = tile_and_buffer(geo, size_of::<T>());
     let scratch_len = dcol_len + phased_len(geo);
     if geo.batch == 1 {
-        let block = channel_block(geo);
-        let dy_mat = StridedB(MatRef::row_major(
-            dy,
-            geo.out_channels,
-            geo.out_plane,
-            geo.out_plane,
-        ));
-        let packed_dy = prepacks_dy::<T>(geo).then(|| PrepackedB::new(simd::isa(), &dy_mat));
-        dx.par_chunks_exact_mut(cg * geo.in_plane)
-            .enumerate()
-            .for_each(|(g, dx_g)| {
-                dx_g.par_chunks_mut(block * geo.in_plane)
-                    .enumerate()
-                    .for_each_init(
-                        || take::<T>(scratch_len),
-                        |scratch, (b, dx_block)| {
-                            let operands = Operands {
-                                w,
-                                packed_w: None,
-                                packed_dy: packed_dy.as_ref(),
-                            };
-                            let c0 = b * block;
-                            backward_data_block(geo, dy, operands, g, c0, dx_block, tile, scratch);
-                        },
-                    );
-            });
+        return single_image(geo, dy, w, dx, tile);
+    }
+    let leftover = forward::leftover_images(geo);
+    if leftover > 0 {
+        // As the forward: the images that divide evenly among the threads one per task,
+        // then each leftover one split across them, with the batched call's pixel tiles
+        // so that every `dx` element adds its terms in the same order either way.
+        let full = geo.batch - leftover;
+        let (dy_full, dy_rest) = dy.split_at(full * y_image);
+        let (dx_full, dx_rest) = dx.split_at_mut(full * x_image);
+        backward_data(&geo.with_batch(full), dy_full, w, dx_full);
+        let one = geo.with_batch(1);
+        for (dy_n, dx_n) in dy_rest
+            .chunks_exact(y_image)
+            .zip(dx_rest.chunks_exact_mut(x_image))
+        {
+            single_image(&one, dy_n, w, dx_n, tile);
+        }
         return;
     }
     // An ungrouped layer multiplies every image by the same Wᵀ: pack it once.
@@ -187,6 +183,51 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
                 }
             },
         );
+}
+
+/// Elements of the scratch each task of [`single_image`] takes with pixel tiles of `tile`.
+fn single_image_scratch_len(geo: &ConvGeometry, tile: usize) -> usize {
+    let dcol = if geo.is_pointwise() {
+        0
+    } else {
+        channel_block(geo) * geo.taps * tile
+    };
+    dcol + phased_len(geo)
+}
+
+/// One image (`geo.batch == 1`), its channels split into [`SINGLE_IMAGE_BLOCKS`] blocks
+/// per group that run in parallel, each over all output pixels in tiles of `tile`.
+fn single_image<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], dx: &mut [T], tile: usize) {
+    let cg = geo.channels_per_group;
+    let block = channel_block(geo);
+    let scratch_len = single_image_scratch_len(geo, tile);
+    let dy_mat = StridedB(MatRef::row_major(
+        dy,
+        geo.out_channels,
+        geo.out_plane,
+        geo.out_plane,
+    ));
+    // Used only where a tile is the whole plane.
+    let packed_dy = (prepacks_dy::<T>(geo) && tile >= geo.out_plane)
+        .then(|| PrepackedB::new(simd::isa(), &dy_mat));
+    dx.par_chunks_exact_mut(cg * geo.in_plane)
+        .enumerate()
+        .for_each(|(g, dx_g)| {
+            dx_g.par_chunks_mut(block * geo.in_plane)
+                .enumerate()
+                .for_each_init(
+                    || take::<T>(scratch_len),
+                    |scratch, (b, dx_block)| {
+                        let operands = Operands {
+                            w,
+                            packed_w: None,
+                            packed_dy: packed_dy.as_ref(),
+                        };
+                        let c0 = b * block;
+                        backward_data_block(geo, dy, operands, g, c0, dx_block, tile, scratch);
+                    },
+                );
+        });
 }
 
 /// Computes input channels `c0 ..` of group `g` of one image (`dx_planes` holds exactly

@@ -98,7 +98,7 @@ const LEFTOVER_MIN_FLOPS: u64 = 1 << 23;
 /// The split depends on the thread count but no result does: the batched and the
 /// single-image paths compute each output with the same operations
 /// (`forward_per_image_bits_equal_the_batch` in `tests/identities.rs`).
-fn leftover_images(geo: &ConvGeometry) -> usize {
+pub(crate) fn leftover_images(geo: &ConvGeometry) -> usize {
     let threads = threads();
     if threads < 2 || geo.batch <= threads || geo.with_batch(1).flops() < LEFTOVER_MIN_FLOPS {
         return 0;

@@ -184,12 +184,10 @@ impl Conv2d {
                 let (task, call) = forward::scratch_lens::<T>(&self.geo);
                 (task, 0, call)
             }
-            Pass::BackwardData => (
-                backward_data::column_buffer_len::<T>(&self.geo)
-                    + backward_data::phased_len(&self.geo),
-                0,
-                backward_data::packed_weights_len::<T>(&self.geo),
-            ),
+            Pass::BackwardData => {
+                let (task, call) = backward_data::scratch_lens::<T>(&self.geo);
+                (task, 0, call)
+            }
             Pass::BackwardWeights if small_filter::applies(&self.geo, elem) => (
                 small_filter::scratch_len(&self.geo, elem),
                 small_filter::partial_len(&self.geo),
