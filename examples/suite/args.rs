@@ -13,6 +13,9 @@ options:
   --suite FILE          suite file (default benches/suite.json)
   --threads N           rayon pool of N threads (default: all cores)
   --layers a,b          only these layers (default: all)
+  --batch N             run every layer with batch size N instead of the file's,
+                        named with an _nN suffix (an uneven batch for the thread
+                        count, say; the peer scripts keep the file's)
   --passes p,q          among fwd,bwd_data,bwd_weight (default: all three)
   --json                one JSON line per measurement on stdout
   --f64                 time f64 instead of f32 (JSON impl \"convgemm_f64\")
@@ -34,6 +37,8 @@ pub struct Args {
     pub threads: usize,
     /// Layer names to run (empty: all).
     pub layers: Vec<String>,
+    /// Batch size replacing every layer's (None: the suite file's).
+    pub batch: Option<usize>,
     /// Passes to run, in the order given.
     pub passes: Vec<PassKind>,
     /// JSON lines instead of a table.
@@ -66,6 +71,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         suite: "benches/suite.json".into(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         layers: Vec::new(),
+        batch: None,
         passes: PassKind::ALL.to_vec(),
         json: false,
         f64: false,
@@ -83,6 +89,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--suite" => out.suite = value()?,
             "--threads" => out.threads = positive(&flag, &value()?)?,
             "--layers" => out.layers = list(&flag, &value()?)?,
+            "--batch" => out.batch = Some(positive(&flag, &value()?)?),
             "--passes" => {
                 out.passes = list(&flag, &value()?)?
                     .iter()

@@ -51,7 +51,14 @@ fn main() -> ExitCode {
 
 /// Loads the suite and runs it in a pool of the requested size.
 fn run(args: &Args) -> Result<(), String> {
-    let layers = layers::select_layers(layers::load_suite(&args.suite)?, &args.layers)?;
+    let mut layers = layers::select_layers(layers::load_suite(&args.suite)?, &args.layers)?;
+    if let Some(batch) = args.batch {
+        // Renamed (`resnet_3x3_28_n3`) so the results are not mistaken for the file's.
+        for layer in &mut layers {
+            layer.conv = layer.with_batch(batch)?;
+            layer.name = format!("{}_n{batch}", layer.name);
+        }
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
         .build()
