@@ -105,6 +105,7 @@ impl Kernel<f32> for Avx512 {
         k: usize,
         alpha: f32,
         a: *const f32,
+        a_steps: [usize; 2],
         b: *const f32,
         beta: f32,
         c: *mut f32,
@@ -116,10 +117,10 @@ impl Kernel<f32> for Avx512 {
         // instance covers h.div_ceil(8) panels and at least w columns.
         unsafe {
             match (w <= 4, h <= 8) {
-                (true, true) => thin_f32::<4, 1>(k, alpha, a, b, beta, c, strides, h, w),
-                (true, false) => thin_f32::<4, 2>(k, alpha, a, b, beta, c, strides, h, w),
-                (false, true) => thin_f32::<8, 1>(k, alpha, a, b, beta, c, strides, h, w),
-                (false, false) => thin_f32::<8, 2>(k, alpha, a, b, beta, c, strides, h, w),
+                (true, true) => thin_f32::<4, 1>(k, alpha, a, a_steps, b, beta, c, strides, h, w),
+                (true, false) => thin_f32::<4, 2>(k, alpha, a, a_steps, b, beta, c, strides, h, w),
+                (false, true) => thin_f32::<8, 1>(k, alpha, a, a_steps, b, beta, c, strides, h, w),
+                (false, false) => thin_f32::<8, 2>(k, alpha, a, a_steps, b, beta, c, strides, h, w),
             }
         }
     }
@@ -144,6 +145,7 @@ impl Kernel<f64> for Avx512 {
         k: usize,
         alpha: f64,
         a: *const f64,
+        a_steps: [usize; 2],
         b: *const f64,
         beta: f64,
         c: *mut f64,
@@ -154,9 +156,9 @@ impl Kernel<f64> for Avx512 {
         // SAFETY: as for f32 (h ≤ 16, w ≤ 4).
         unsafe {
             if h <= 8 {
-                thin_f64::<4, 1>(k, alpha, a, b, beta, c, strides, h, w)
+                thin_f64::<4, 1>(k, alpha, a, a_steps, b, beta, c, strides, h, w)
             } else {
-                thin_f64::<4, 2>(k, alpha, a, b, beta, c, strides, h, w)
+                thin_f64::<4, 2>(k, alpha, a, a_steps, b, beta, c, strides, h, w)
             }
         }
     }

@@ -121,9 +121,25 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
             let beta = if pc == 0 { beta } else { T::ONE };
             for ic in (0..m).step_by(mc_max) {
                 let mc = mc_max.min(m - ic);
-                let a_pack: &[T] = match a.packed(mr, ic..ic + mc, pc..pc + kc) {
-                    Some(packed) => packed,
-                    None => {
+                let prepacked = a.packed(mr, ic..ic + mc, pc..pc + kc);
+                // A's columns read in place where the operand already holds them
+                // contiguous, every panel is full, the kernel has the form and B is
+                // packed: the single-image input delta's `Wᵀ`, whose packing was 8–11 %
+                // of its time. Else packed: by the operand already, or here.
+                let a_cols =
+                    (prepacked.is_none() && K::A_IN_PLACE && in_place.is_none() && mc % mr == 0)
+                        .then(|| a.columns_in_place(ic..ic + mc, pc..pc + kc))
+                        .flatten()
+                        .filter(|&(data, step)| {
+                            (kc - 1)
+                                .checked_mul(step)
+                                .and_then(|last| last.checked_add(mc))
+                                .is_some_and(|end| end <= data.len())
+                        });
+                let a_pack: &[T] = match (prepacked, a_cols) {
+                    (Some(packed), _) => packed,
+                    (None, Some(_)) => &[],
+                    (None, None) => {
                         let a_pack = &mut a_buf[..mc.div_ceil(mr) * mr * kc];
                         a.pack_a(mr, ic..ic + mc, pc..pc + kc, a_pack);
                         a_pack
@@ -150,18 +166,26 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                         // per call, straight into C.
                         for ir in (0..mc).step_by(2 * mr) {
                             let h = (2 * mr).min(mc - ir);
-                            let a_panels = &a_pack[ir * kc..][..h.div_ceil(mr) * mr * kc];
+                            let (a_ptr, a_steps) = match a_cols {
+                                Some((data, step)) => (data[ir..].as_ptr(), [mr, step]),
+                                None => {
+                                    let panels = h.div_ceil(mr) * mr * kc;
+                                    (a_pack[ir * kc..][..panels].as_ptr(), [mr * kc, mr])
+                                }
+                            };
                             let strides = [c.row_stride, c.col_stride];
-                            // SAFETY: the A slice holds h.div_ceil(MR) panels of kc·MR
-                            // elements; the B panel kc·NR; the h × w block at C(ic + ir,
-                            // jc + jr) is inside C (h ≤ mc − ir, w ≤ nc − jr), valid per
-                            // the caller; h ≤ 2·MR, 1 ≤ w ≤ NR_THIN; the CPU check is
-                            // the caller's.
+                            // SAFETY: packed, the A slice holds h.div_ceil(MR) panels of
+                            // kc·MR elements; in place, rows ir .. ir + h < mc of every
+                            // column p < kc lie at a_ptr + p·step (checked above); the B
+                            // panel holds kc·NR; the h × w block at C(ic + ir, jc + jr) is
+                            // inside C (h ≤ mc − ir, w ≤ nc − jr), valid per the caller;
+                            // h ≤ 2·MR, 1 ≤ w ≤ NR_THIN; the CPU check is the caller's.
                             unsafe {
                                 K::kernel_thin(
                                     kc,
                                     alpha,
-                                    a_panels.as_ptr(),
+                                    a_ptr,
+                                    a_steps,
                                     b_panel.as_ptr(),
                                     beta,
                                     at(ic + ir, jc + jr),
@@ -175,18 +199,27 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                     }
                     for ir in (0..mc).step_by(mr) {
                         let h = mr.min(mc - ir);
-                        let a_panel = &a_pack[ir * kc..][..mr * kc];
+                        let a_ptr = match a_cols {
+                            Some((data, _)) => data[ir..].as_ptr(),
+                            None => a_pack[ir * kc..][..mr * kc].as_ptr(),
+                        };
                         let c_tile = at(ic + ir, jc + jr);
-                        let (a_ptr, b_ptr) = (a_panel.as_ptr(), b_panel.as_ptr());
+                        let b_ptr = b_panel.as_ptr();
                         // The kernel on a tile `t` of row stride `rs`, `narrow` when only
                         // its first NR_NARROW columns are needed.
-                        // SAFETY (both arms): the A panel holds kc·MR elements; a packed B
-                        // panel kc·NR; in-place rows hold every column < n past their
-                        // offsets (checked above) and this panel's NR columns are < n; the
-                        // tile is valid per the caller; the CPU check is the caller's.
+                        // SAFETY (all arms): a packed A panel holds kc·MR elements; A read
+                        // in place holds column p of this panel's MR rows at a_ptr +
+                        // p·step (checked above: (kc − 1)·step + mc elements from the
+                        // block's first, and ir + MR ≤ mc); a packed B panel kc·NR;
+                        // in-place rows hold every column < n past their offsets (checked
+                        // above) and this panel's NR columns are < n; the tile is valid
+                        // per the caller; the CPU check is the caller's.
                         let run = |t: *mut T, rs: isize, narrow: bool| unsafe {
-                            match rows {
-                                Some(r) => K::kernel_rows(
+                            match (rows, a_cols) {
+                                (None, Some((_, step))) => K::kernel_strided_a(
+                                    kc, alpha, a_ptr, step, b_ptr, beta, t, rs, narrow,
+                                ),
+                                (Some(r), _) => K::kernel_rows(
                                     kc,
                                     alpha,
                                     a_ptr,
@@ -196,10 +229,10 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                                     t,
                                     rs,
                                 ),
-                                None if narrow => {
+                                (None, None) if narrow => {
                                     K::kernel_narrow(kc, alpha, a_ptr, b_ptr, beta, t, rs)
                                 }
-                                None => K::kernel(kc, alpha, a_ptr, b_ptr, beta, t, rs),
+                                (None, None) => K::kernel(kc, alpha, a_ptr, b_ptr, beta, t, rs),
                             }
                         };
                         if h == mr && w == nr && c.col_stride == 1 {

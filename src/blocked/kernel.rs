@@ -102,9 +102,13 @@ pub trait Kernel<T> {
     /// rows of A in the vector lanes and broadcasts the few B values instead (a 196-pixel
     /// plane ends in a 4-column panel).
     ///
+    /// Column `p` of A panel `q` is the `MR` elements at `a + q·a_steps[0] +
+    /// p·a_steps[1]`: `[k·MR, MR]` for consecutive packed panels, `[MR, column stride]`
+    /// for an A read in place ([`Kernel::kernel_strided_a`]).
+    ///
     /// # Safety
-    /// - `a` is valid for reads of `h.div_ceil(MR)` packed panels (`k·MR` elements each,
-    ///   consecutive), `b` of `k·NR` elements;
+    /// - `a + q·a_steps[0] + p·a_steps[1] + i` is valid for reads for `q < h.div_ceil(MR)`,
+    ///   `p < k`, `i < MR`; `b` for reads of `k·NR` elements;
     /// - `c + i·rsc + j·csc` for `i < h`, `j < w` are valid for writes (and for reads
     ///   unless `beta == 0`), distinct, and do not overlap `a` or `b`;
     /// - `1 ≤ h ≤ 2·MR`, `1 ≤ w ≤ NR_THIN`; the CPU has the kernel's features.
@@ -113,6 +117,7 @@ pub trait Kernel<T> {
         k: usize,
         alpha: T,
         a: *const T,
+        a_steps: [usize; 2],
         b: *const T,
         beta: T,
         c: *mut T,
@@ -120,8 +125,37 @@ pub trait Kernel<T> {
         h: usize,
         w: usize,
     ) {
-        let _ = (k, alpha, a, b, beta, c, strides, h, w);
+        let _ = (k, alpha, a, a_steps, b, beta, c, strides, h, w);
         unreachable!("kernel_thin called on a kernel whose NR_THIN is 0");
+    }
+
+    /// Whether the kernel has [`Kernel::kernel_strided_a`].
+    const A_IN_PLACE: bool = false;
+
+    /// [`Kernel::kernel`] (or with `narrow`, [`Kernel::kernel_narrow`]) with the A panel
+    /// read in place instead of packed: column `p` of the panel is the `MR` elements at
+    /// `a + p·a_step` (not `a + p·MR`). For an A whose columns lie in memory with unit row
+    /// stride, such as `Wᵀ` in the input delta: the panels need no packing. The
+    /// arithmetic is `kernel`'s, bit for bit.
+    ///
+    /// # Safety
+    /// As [`Kernel::kernel`], except that `a` need not hold a packed panel: instead
+    /// `a + p·a_step + i` is valid for reads for every `p < k`, `i < MR`. Only called
+    /// when [`Kernel::A_IN_PLACE`] is true.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel_strided_a(
+        k: usize,
+        alpha: T,
+        a: *const T,
+        a_step: usize,
+        b: *const T,
+        beta: T,
+        c: *mut T,
+        rsc: isize,
+        narrow: bool,
+    ) {
+        let _ = (k, alpha, a, a_step, b, beta, c, rsc, narrow);
+        unreachable!("kernel_strided_a called on a kernel without A_IN_PLACE");
     }
 }
 
@@ -243,6 +277,7 @@ macro_rules! simd_kernel {
             k: usize,
             alpha: $t,
             a: *const $t,
+            a_step: usize,
             b: *const $t,
             offsets: *const usize,
             beta: $t,
@@ -277,16 +312,16 @@ macro_rules! simd_kernel {
                     *bv = unsafe { $load(row.add(v * L)) };
                 }
                 for (i, acc_row) in acc.iter_mut().enumerate() {
-                    // SAFETY: `a` points at the current column of MR elements, inside
-                    // the k·MR elements the caller guarantees.
+                    // SAFETY: `a` points at the current column of MR elements: inside the
+                    // packed panel's k·MR elements, or column p of an A read in place
+                    // (`kernel_strided_a`'s contract).
                     let ai = $splat(unsafe { *a.add(i) });
                     for (acc, &bv) in acc_row.iter_mut().zip(&bv) {
                         *acc = $fma(ai, bv, *acc);
                     }
                 }
-                // SAFETY: one step past the last column of A at most (k steps in all);
-                // the packed row pointer is only advanced (wrapping) when unused.
-                a = unsafe { a.add(MR) };
+                // Wrapping: after the last step these point past the operands, unused.
+                a = a.wrapping_add(a_step);
                 packed_row = packed_row.wrapping_add(B_ROW);
             }
             let alpha_v = $splat(alpha);
@@ -339,6 +374,7 @@ macro_rules! thin_kernel {
             k: usize,
             alpha: $t,
             a: *const $t,
+            [panel_step, column_step]: [usize; 2],
             b: *const $t,
             beta: $t,
             c: *mut $t,
@@ -351,10 +387,10 @@ macro_rules! thin_kernel {
             let mut acc = [[$zero(); W]; P];
             for p in 0..k {
                 for (q, acc_q) in acc.iter_mut().enumerate() {
-                    // SAFETY: panel q < P holds k·MR elements from a + q·k·MR (the
-                    // caller guarantees h.div_ceil(MR) panels and the driver passes
-                    // P = h.div_ceil(MR)); column p is MR of them.
-                    let av = unsafe { $load(a.add((q * k + p) * MR)) };
+                    // SAFETY: column p of panel q < P is MR readable elements at
+                    // a + q·panel_step + p·column_step (the caller guarantees that for
+                    // h.div_ceil(MR) panels and the driver passes P = h.div_ceil(MR)).
+                    let av = unsafe { $load(a.add(q * panel_step + p * column_step)) };
                     for (j, acc) in acc_q.iter_mut().enumerate() {
                         // SAFETY: B row p of the packed panel holds NR ≥ W elements.
                         let bj = $splat(unsafe { *b.add(p * NR + j) });
@@ -409,8 +445,20 @@ macro_rules! simd_kernel_methods {
             rsc: isize,
         ) {
             // SAFETY: the caller upholds `Kernel::kernel`'s contract, which includes that
-            // the CPU has the kernel's features.
-            unsafe { $f::<2, false>(k, alpha, a, b, std::ptr::null(), beta, c, rsc) }
+            // the CPU has the kernel's features; a packed panel's columns are MR apart.
+            unsafe {
+                $f::<2, false>(
+                    k,
+                    alpha,
+                    a,
+                    <Self as Kernel<$t>>::MR,
+                    b,
+                    std::ptr::null(),
+                    beta,
+                    c,
+                    rsc,
+                )
+            }
         }
 
         #[inline(always)]
@@ -425,7 +473,19 @@ macro_rules! simd_kernel_methods {
             rsc: isize,
         ) {
             // SAFETY: the caller upholds `Kernel::kernel_rows`' contract.
-            unsafe { $f::<2, true>(k, alpha, a, b, offsets, beta, c, rsc) }
+            unsafe {
+                $f::<2, true>(
+                    k,
+                    alpha,
+                    a,
+                    <Self as Kernel<$t>>::MR,
+                    b,
+                    offsets,
+                    beta,
+                    c,
+                    rsc,
+                )
+            }
         }
 
         #[doc = concat!("One ", $isa, " vector: ", stringify!($lanes), " columns.")]
@@ -443,7 +503,43 @@ macro_rules! simd_kernel_methods {
         ) {
             // SAFETY: as `kernel`; the narrow instance touches only the first vector of
             // each row of the tile.
-            unsafe { $f::<1, false>(k, alpha, a, b, std::ptr::null(), beta, c, rsc) }
+            unsafe {
+                $f::<1, false>(
+                    k,
+                    alpha,
+                    a,
+                    <Self as Kernel<$t>>::MR,
+                    b,
+                    std::ptr::null(),
+                    beta,
+                    c,
+                    rsc,
+                )
+            }
+        }
+
+        const A_IN_PLACE: bool = true;
+
+        #[inline(always)]
+        unsafe fn kernel_strided_a(
+            k: usize,
+            alpha: $t,
+            a: *const $t,
+            a_step: usize,
+            b: *const $t,
+            beta: $t,
+            c: *mut $t,
+            rsc: isize,
+            narrow: bool,
+        ) {
+            // SAFETY: the caller upholds `Kernel::kernel_strided_a`'s contract.
+            unsafe {
+                if narrow {
+                    $f::<1, false>(k, alpha, a, a_step, b, std::ptr::null(), beta, c, rsc)
+                } else {
+                    $f::<2, false>(k, alpha, a, a_step, b, std::ptr::null(), beta, c, rsc)
+                }
+            }
         }
     };
 }

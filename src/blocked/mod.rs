@@ -11,7 +11,10 @@
 //! - [`transpose`]: in-register block transposes for packing column-contiguous operands;
 //! - `driver`: the five loops, packing into per-thread buffers
 //!   ([`scratch::take_packing`](crate::scratch::take_packing)), so a steady-state call
-//!   allocates nothing.
+//!   allocates nothing. Two operands skip packing: B rows that lie in memory with unit
+//!   column stride (`Kernel::kernel_rows`, the forward's padded planes) and A columns
+//!   that lie with unit row stride (`Kernel::kernel_strided_a`, `Wᵀ` of a single
+//!   image's input delta).
 //!
 //! The kernel is chosen once per call from [`simd::isa`] (`CONVGEMM_ISA` forces a path):
 //! AVX-512F, AVX2 + FMA, or the portable kernel.

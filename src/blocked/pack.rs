@@ -43,6 +43,16 @@ pub trait PackA<T> {
         let _ = (mr, rows, depth);
         None
     }
+
+    /// `A[rows, depth]` as it lies in memory, when its columns are contiguous (unit row
+    /// stride) so that a kernel can read each panel's columns in place
+    /// ([`Kernel::kernel_strided_a`](super::kernel::Kernel::kernel_strided_a)): the
+    /// elements from `A[rows.start, depth.start]` on, and the distance between columns.
+    /// `None` (the default) makes the driver pack.
+    fn columns_in_place(&self, rows: Range<usize>, depth: Range<usize>) -> Option<(&[T], usize)> {
+        let _ = (rows, depth);
+        None
+    }
 }
 
 /// The right operand B (`depth × cols`) of `C = alpha · A · B + beta · C`.
@@ -114,6 +124,16 @@ impl<T: Element> PackA<T> for StridedA<'_, T> {
         // A panel of A is the transpose of a panel of Aᵀ viewed as B: same layout rule.
         let at = StridedB(self.0.t());
         at.pack_b(mr, depth, rows, dst);
+    }
+
+    fn columns_in_place(&self, rows: Range<usize>, depth: Range<usize>) -> Option<(&[T], usize)> {
+        let m = &self.0;
+        (m.row_stride == 1 && rows.end <= m.rows && depth.end <= m.cols)
+            .then(|| {
+                let start = rows.start + depth.start * m.col_stride;
+                m.data.get(start..).map(|data| (data, m.col_stride))
+            })
+            .flatten()
     }
 }
 
