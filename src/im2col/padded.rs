@@ -25,7 +25,9 @@
 //!
 //! Copying an image into this layout is one pass over it, against `R·S` reads of every
 //! element by the packing; it is used when the padding is moderate (see
-//! [`PaddedLayout::new`]).
+//! [`PaddedLayout::new`]). The forward that reads its rows in place stores stride-1 planes
+//! with rows that share their padding ([`PaddedLayout::with_shared_row_padding`]): a
+//! row's right padding is the next row's left padding.
 
 use std::ops::Range;
 
@@ -51,11 +53,15 @@ pub(crate) struct PaddedLayout {
     /// Rows of each row phase: `ceil((H + 2·pad_h) / row_phases)` (rows past the padded
     /// plane are zero).
     rows_per_phase: usize,
-    /// Elements per row of a phase: `ceil((W + 2·pad_w) / stride_w)`.
+    /// Elements per row of a phase: `ceil((W + 2·pad_w) / stride_w)`, or
+    /// `max(W + pad_w, Q)` with [`PaddedLayout::with_shared_row_padding`].
     pub row_len: usize,
     /// `row_phases · rows_per_phase · row_len`: one column phase.
     phase_len: usize,
-    /// Elements per channel: `phases · phase_len`, `phases = min(stride_w, W + 2·pad_w)`.
+    /// Column phases stored: `min(stride_w, W + 2·pad_w)`.
+    phases: usize,
+    /// Elements per channel: `phases · phase_len`, plus `W + 2·pad_w − row_len` zeros
+    /// with [`PaddedLayout::with_shared_row_padding`].
     pub channel_len: usize,
 }
 
@@ -64,7 +70,7 @@ impl PaddedLayout {
     /// much larger than the image and its output together (huge padding: the caller then
     /// lowers from the unpadded planes) or not addressable.
     pub(crate) fn new(geo: &ConvGeometry) -> Option<PaddedLayout> {
-        Self::build(geo, 1)
+        Self::build(geo, 1, false)
     }
 
     /// As [`PaddedLayout::new`], with the rows split into `stride_h` phases as well as
@@ -72,23 +78,46 @@ impl PaddedLayout {
     /// every tap offset, so the pixels of a whole plane, `row_len − Q` junk columns per
     /// row included, form one flat vector per tap.
     pub(crate) fn with_row_phases(geo: &ConvGeometry) -> Option<PaddedLayout> {
-        Self::build(geo, geo.h.stride)
+        Self::build(geo, geo.h.stride, false)
     }
 
-    fn build(geo: &ConvGeometry, row_phases: usize) -> Option<PaddedLayout> {
+    /// For a stride-1 layer: rows in order, each stored row `L = max(W + pad_w, Q)` long
+    /// (its left padding, the image row, and only the right padding that `L` leaves
+    /// room for), with `W + 2·pad_w − L` zeros after each channel's last row. The rest of
+    /// a row's right padding is the next row's left padding, zero as well: a tap read of
+    /// `Q + (S − 1)·dil_w = W + 2·pad_w` elements from a row's start ends at most
+    /// `pad_w` elements into the next row. Output pixel `(p, q)` is at `p·row_len + q`
+    /// past every tap offset, as with [`PaddedLayout::with_row_phases`], with up to
+    /// `pad_w` fewer junk columns per row.
+    pub(crate) fn with_shared_row_padding(geo: &ConvGeometry) -> Option<PaddedLayout> {
+        if geo.h.stride != 1 || geo.w.stride != 1 {
+            return None;
+        }
+        Self::build(geo, 1, true)
+    }
+
+    fn build(geo: &ConvGeometry, row_phases: usize, shared: bool) -> Option<PaddedLayout> {
         let rows = geo.h.input.checked_add(geo.h.padding.checked_mul(2)?)?;
         let cols = geo.w.input.checked_add(geo.w.padding.checked_mul(2)?)?;
         let modulus = geo.w.stride;
         let phases = modulus.min(cols);
-        let row_len = cols.div_ceil(modulus);
+        // Stored columns per row: without the right padding when rows share it, but
+        // at least Q (a row's outputs must not reach the next row's).
+        let stored = if shared {
+            (geo.w.input + geo.w.padding).max(geo.w.output)
+        } else {
+            cols
+        };
+        let row_len = stored.div_ceil(modulus);
         let rows_per_phase = rows.div_ceil(row_phases);
         // row_phases · rows_per_phase < rows + stride_h.
         let phase_len = row_phases
             .checked_mul(rows_per_phase)?
             .checked_mul(row_len)?;
         // phases · row_len < cols + stride_w, so channel_len < (rows + stride_h) ·
-        // (cols + stride_w).
-        let channel_len = phase_len.checked_mul(phases)?;
+        // (cols + stride_w) (shared: one row of `W + pad_w` elements fewer, `pad_w` more).
+        let trailing = cols - stored;
+        let channel_len = phase_len.checked_mul(phases)?.checked_add(trailing)?;
         // The padded copy of an image stays within 4× the image and its output together,
         // plus 4096 elements. (A per-channel allowance of 1024 elements let 317 channels
         // of a 1 × 1 input, padded to 15 × 33, take 1.25 MB per image in f64, 500× the
@@ -104,6 +133,7 @@ impl PaddedLayout {
             .checked_mul(size_of::<f64>())
             .is_some_and(|bytes| bytes <= isize::MAX as usize);
         (total <= limit && addressable).then_some(PaddedLayout {
+            phases,
             modulus,
             row_phases,
             rows_per_phase,
@@ -196,6 +226,9 @@ fn pad_planes_body<T: Element, const FMA: bool>(
         .chunks_exact(geo.in_plane)
         .zip(out[..layout.buffer_len(channels)].chunks_exact_mut(layout.channel_len))
     {
+        // The zeros after the last row of a layout with shared row padding.
+        let (dst, trailing) = dst.split_at_mut(layout.phases * layout.phase_len);
+        trailing.fill(T::ZERO);
         for (phase, phase_dst) in dst.chunks_exact_mut(layout.phase_len).enumerate() {
             let (lo, hi, first) = layout.interior_columns(geo, phase);
             for (stored, to) in phase_dst.chunks_exact_mut(layout.row_len).enumerate() {
@@ -810,11 +843,12 @@ mod tests {
             groups,
         };
         let geo = ConvGeometry::new(&spec).ok()?;
-        // Both layouts: rows in order (the packers') and split into row phases.
-        let layout = if rng.below(2) == 0 {
-            PaddedLayout::new(&geo)
-        } else {
-            PaddedLayout::with_row_phases(&geo)
+        // Each layout: rows in order (the packers'), split into row phases, and (stride
+        // 1) with shared row padding (the wide forward's).
+        let layout = match rng.below(3) {
+            0 => PaddedLayout::new(&geo),
+            1 => PaddedLayout::with_row_phases(&geo),
+            _ => PaddedLayout::with_shared_row_padding(&geo).or_else(|| PaddedLayout::new(&geo)),
         }
         .expect("moderate padding");
         let x: Vec<f64> = (0..geo.in_channels * geo.in_plane)
