@@ -33,9 +33,7 @@
 //! path ([`leftover_images`]), so no thread idles for a whole image.
 
 use crate::activation::{Activation, apply_in_place};
-use crate::blocked::{
-    PrepackedA, PrepackedB, StridedA, StridedB, gemm_packed, prepacked_b_len, prepacked_len,
-};
+use crate::blocked::{PrepackedA, StridedA, StridedB, gemm_packed, prepacked_len};
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
 use crate::im2col::{
@@ -45,7 +43,7 @@ use crate::im2col::{
 use crate::parallel::*;
 use crate::scratch::take;
 use crate::shape::ConvGeometry;
-use crate::tiling::{PREPACKED_B_BYTES, aligned_zeros, tile_len, tiles};
+use crate::tiling::{aligned_zeros, tile_len, tiles};
 
 /// A single image's output channels (per group) are split into at most this many blocks.
 ///
@@ -421,28 +419,13 @@ fn prepack<'a, T: Element>(
 }
 
 /// Elements of the packed operand a call holds: all of `W` for a batched, ungrouped layer
-/// on the blocked GEMM ([`prepack`]); for a single image on more than one thread, its
-/// column matrix where [`shares_columns`] allows; else none.
+/// on the blocked GEMM ([`prepack`]); else none.
 fn packed_weights_len<T: Element>(geo: &ConvGeometry) -> usize {
     if use_blocked() && geo.groups == 1 && geo.batch > 1 {
         prepacked_len::<T>(crate::simd::isa(), geo.out_channels, geo.col_rows)
-    } else if shares_columns::<T>(geo) {
-        prepacked_b_len::<T>(crate::simd::isa(), geo.col_rows, geo.out_plane)
     } else {
         0
     }
-}
-
-/// Whether a single image's output-channel blocks share one packed copy of its column
-/// matrix ([`PrepackedB`], packed by all threads) instead of each packing all of it:
-/// padded path, ungrouped, at most [`PREPACKED_B_BYTES`] packed. Taken only with more
-/// than one block (more than one thread); one block packs each B block once anyway.
-/// batch1_3x3_14 on 2 threads, best of 3 alternated: 178 → 192 GFLOP/s.
-fn shares_columns<T: Element>(geo: &ConvGeometry) -> bool {
-    let len = prepacked_b_len::<T>(crate::simd::isa(), geo.col_rows, geo.out_plane);
-    single_image_padded(geo).is_some()
-        && geo.groups == 1
-        && len.saturating_mul(size_of::<T>()) <= PREPACKED_B_BYTES
 }
 
 /// One image: each tile's column matrix is built once (channel blocks in parallel), then
@@ -526,9 +509,18 @@ fn single_image_padded(geo: &ConvGeometry) -> Option<PaddedLayout> {
 
 /// One image from padded planes: the output channels of each group are split into one
 /// block per thread (at most [`SINGLE_IMAGE_FILTER_BLOCKS`]), each a GEMM over the whole
-/// plane that packs its B panels from the padded planes, or reads them from one copy the
-/// threads packed together ([`shares_columns`]). Splitting rows does not change a bit of
-/// the result.
+/// plane that packs its B panels from the group's padded planes. Splitting rows does not
+/// change a bit of the result.
+///
+/// Each block pads its own copy of the group's input (its task's column buffer) and packs
+/// its own B panels, although the blocks share both: a copy written by one core and read
+/// by the other is written again on the next call, and on this machine those writes (to
+/// lines the other core holds) ran 3–4× slower than writes to lines it does not, which
+/// cost more than the work saved. Pad once and pack the column matrix once for all blocks
+/// (`PrepackedB`) against each block padding and packing its own, 2 threads, best of 3
+/// alternated, GFLOP/s: batch1_3x3_14 201 → 206, and at batch 1: resnet_3x3_56 172 → 184,
+/// resnet_3x3_28 193 → 201, resnet_3x3_s2 156 → 170, dilated_3x3 168 → 180, resnet_stem
+/// 173 → 185, audio_1x9 176 → 186, 512 channels on 7×7 118 → 149.
 fn forward_single_padded<T: Element>(
     geo: &ConvGeometry,
     padded: &PaddedLayout,
@@ -538,24 +530,20 @@ fn forward_single_padded<T: Element>(
     act: Activation,
     y: &mut [T],
 ) {
-    let kg = geo.filters_per_group;
-    let mut planes = take::<T>(padded.buffer_len(geo.in_channels));
-    pad_planes(geo, padded, x, &mut planes);
+    let (cg, kg) = (geo.channels_per_group, geo.filters_per_group);
     let blocks = threads().clamp(1, SINGLE_IMAGE_FILTER_BLOCKS);
     let filter_block = kg.div_ceil(blocks).next_multiple_of(16).min(kg);
-    let columns = PaddedIm2colB::group(geo, padded, &planes, 0);
-    let shared = (filter_block < kg && shares_columns::<T>(geo))
-        .then(|| PrepackedB::new(crate::simd::isa(), &columns));
     for g in 0..geo.groups {
+        let x_g = &x[g * cg * geo.in_plane..][..cg * geo.in_plane];
         let y_g = &mut y[g * kg * geo.out_plane..][..kg * geo.out_plane];
         y_g.par_chunks_mut(filter_block * geo.out_plane)
             .enumerate()
             .for_each(|(i, y_block)| {
+                let mut planes = take::<T>(padded.buffer_len(cg));
+                pad_planes(geo, padded, x_g, &mut planes);
+                // The group's channels are all this copy holds: its group 0.
+                let b = Columns::Padded(PaddedIm2colB::group(geo, padded, &planes, 0));
                 let rows = y_block.len() / geo.out_plane;
-                let b = match &shared {
-                    Some(packed) => Columns::Prepacked(packed),
-                    None => Columns::Padded(PaddedIm2colB::group(geo, padded, &planes, g)),
-                };
                 let k0 = g * kg + i * filter_block;
                 gemm_rows(
                     geo,
@@ -604,8 +592,6 @@ enum Columns<'a, T: Element> {
     Matrix(MatRef<'a, T>),
     Fused(Im2colB<'a, T>),
     Padded(PaddedIm2colB<'a, T>),
-    /// A single image's padded columns packed once, shared by its channel blocks.
-    Prepacked(&'a PrepackedB<'a, T, PaddedIm2colB<'a, T>>),
 }
 
 /// `y_rows[:, pix0..pix0 + len] = f(W[k0..k0 + rows] · b + bias)`, where `y_rows` holds
@@ -644,8 +630,6 @@ fn gemm_rows<T: Element>(
         (Columns::Fused(b), Some(p)) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
         (Columns::Padded(b), None) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
         (Columns::Padded(b), Some(p)) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
-        (Columns::Prepacked(b), None) => gemm_packed(T::ONE, &StridedA(a), b, T::ZERO, c),
-        (Columns::Prepacked(b), Some(p)) => gemm_packed(T::ONE, p, b, T::ZERO, c),
     }
     if bias.is_some() || act != Activation::Identity {
         for k in 0..rows {

@@ -47,10 +47,9 @@ pub struct Workspace {
     /// Bytes of the weights packed once per call for the GEMM (forward and input delta of
     /// batched, ungrouped layers on the SIMD paths): about the size of `w`; twice that
     /// where the input delta runs as a transposed forward (the flipped filters, then their
-    /// packed copy). For a single image (ungrouped, SIMD paths) it is instead the operand
-    /// its threads share, packed once, at most 2 MiB: the column matrix in the forward
-    /// (taken only with more than one thread) or `dy` in the input delta. The calling
-    /// thread keeps the buffers for the next call.
+    /// packed copy). For a single image's input delta (ungrouped, SIMD paths) it is
+    /// instead `dy`, packed once for its threads, at most 2 MiB. The calling thread keeps
+    /// the buffers for the next call.
     pub packed_weight_bytes: usize,
 }
 
@@ -64,7 +63,7 @@ pub struct Workspace {
 /// tile, or a zero-padded copy of one image's input planes (of a channel block's, for the
 /// weight gradient), per task, plus, held by the calling thread, up to 4 weight-sized
 /// partial sums for the weight gradient or one packed copy of the weights (or of a single
-/// image's shared operand) for the other passes (see [`Conv2d::workspace`]). Results are
+/// image's `dy`) for the other passes (see [`Conv2d::workspace`]). Results are
 /// bit-identical whatever the number of threads.
 ///
 /// ```
