@@ -95,16 +95,13 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
         let nc = nc_max.min(n - jc);
         for pc in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - pc);
-            // B's rows in place (no packing) when the operand offers them and every row
-            // holds all n columns; else the KC × NC block is packed.
+            // B's rows in place (no packing) when the operand offers them; else the
+            // KC × NC block is packed. The farthest row start, for the bounds check of
+            // each panel read in place.
             let in_place = (kc <= MAX_IN_PLACE_DEPTH)
                 .then(|| b.rows_in_place(pc..pc + kc, &mut offsets[..kc]))
                 .flatten()
-                .filter(|data| {
-                    offsets[..kc]
-                        .iter()
-                        .all(|&o| o.checked_add(n).is_some_and(|end| end <= data.len()))
-                });
+                .map(|data| (data, offsets[..kc].iter().copied().max().unwrap_or(0)));
             let offsets = &offsets[..kc];
             let b_pack = &mut b_buf[..nc.div_ceil(nr) * nr * kc];
             // Else packed: by the operand already (`PackB::packed`), or here.
@@ -147,12 +144,16 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                 };
                 for jr in (0..nc).step_by(nr) {
                     let w = nr.min(nc - jr);
-                    // In place: full panels are read where they lie; the last, partial
-                    // one is packed here (its rows may end before NR columns).
-                    let rows = in_place
-                        .filter(|_| w == nr)
-                        .map(|data| data[jc + jr..].as_ptr());
-                    let b_panel: &[T] = match (in_place, rows) {
+                    // In place: full panels whose columns lie contiguous in every row
+                    // are read where they lie (checked: the farthest row's panel ends
+                    // inside `data`); the others, and the last, partial one, are packed
+                    // here.
+                    let rows = in_place.filter(|_| w == nr).and_then(|(data, last_row)| {
+                        let at = b.column_in_place(jc + jr, nr)?;
+                        let end = last_row.checked_add(at)?.checked_add(nr)?;
+                        (end <= data.len()).then(|| data[at..].as_ptr())
+                    });
+                    let b_panel: &[T] = match (&in_place, rows) {
                         (None, _) => &b_packed[jr * kc..][..nr * kc],
                         (Some(_), Some(_)) => &[],
                         (Some(_), None) => {
@@ -211,9 +212,10 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                         // in place holds column p of this panel's MR rows at a_ptr +
                         // p·step (checked above: (kc − 1)·step + mc elements from the
                         // block's first, and ir + MR ≤ mc); a packed B panel kc·NR;
-                        // in-place rows hold every column < n past their offsets (checked
-                        // above) and this panel's NR columns are < n; the tile is valid
-                        // per the caller; the CPU check is the caller's.
+                        // in place, every row's NR elements from its offset plus the
+                        // panel's `column_in_place` lie in `data` (checked above against
+                        // the farthest row); the tile is valid per the caller; the CPU
+                        // check is the caller's.
                         let run = |t: *mut T, rs: isize, narrow: bool| unsafe {
                             match (rows, a_cols) {
                                 (None, Some((_, step))) => K::kernel_strided_a(

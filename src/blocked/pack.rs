@@ -96,6 +96,17 @@ pub trait PackB<T> {
         None
     }
 
+    /// Where columns `col .. col + width` of the rows [`PackB::rows_in_place`] returned
+    /// lie: `Some(o)` if `B[p, col + j] = data[offsets[p] + o + j]` for every `j < width`
+    /// (one contiguous run per row), `None` if they are not contiguous there (the driver
+    /// then packs that panel). The default, `Some(col)`, is a matrix whose columns are
+    /// contiguous everywhere; an operand that skips memory between column runs (the
+    /// forward's output rows over padded input rows) maps its columns here.
+    fn column_in_place(&self, col: usize, width: usize) -> Option<usize> {
+        let _ = width;
+        Some(col)
+    }
+
     /// The block `pack_b(nr, depth, cols, ..)` would write, if this operand already holds
     /// it packed ([`PrepackedB`](super::PrepackedB)): the driver then reads it in place.
     /// `None` (the default) makes the driver call [`PackB::pack_b`].

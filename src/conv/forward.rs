@@ -5,10 +5,11 @@
 //! is still in cache. Its B operand, the column matrix (`(C/groups)·R·S × len`), comes
 //! one of these ways:
 //! - blocked GEMM, batched, stride 1, few junk columns: each image is copied once into
-//!   padded planes, and the GEMM reads the taps' rows of those planes in place, over
-//!   *wide* columns (`p·row_len + q`, junk columns between output rows) into a `C` tile
-//!   whose valid columns are then written to `y` ([`WideIm2colB`], `forward_wide`): no B
-//!   panel is packed;
+//!   padded planes, and the GEMM reads the taps' rows of those planes in place
+//!   ([`WideIm2colB`], `forward_wide`): over output pixels straight into `y` where every
+//!   panel lies within an output row (`Q` a multiple of 32, or one row), else over *wide*
+//!   columns (`p·row_len + q`, junk columns between output rows) into a `C` tile whose
+//!   valid columns are then written to `y`; no B panel is packed but partial ones;
 //! - blocked GEMM, batched, moderate padding: each image is copied once into padded planes
 //!   ([`PaddedLayout`]) and the GEMM's B panels are packed from them with plain vector
 //!   copies ([`PaddedIm2colB`]); the tile is the whole output plane, since no column
@@ -16,8 +17,8 @@
 //! - blocked GEMM, batched, huge padding: panels packed from the unpadded image
 //!   ([`Im2colB`]), clamping every run at the border;
 //! - blocked GEMM, a single image, moderate padding: the same padded planes, and one block
-//!   of output channels per thread, each GEMM packing its own panels from them, or (up to
-//!   2 MiB packed) reading one copy that all threads packed together;
+//!   of output channels per thread, each padding its own copy and packing its own panels
+//!   from it;
 //! - otherwise (matrixmultiply, or a single image with huge padding): im2col fills a
 //!   bounded column tile;
 //!   strided layers first split each image into column phases ([`PlaneLayout`]) so
@@ -38,7 +39,7 @@ use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
 use crate::im2col::{
     Im2colB, PaddedIm2colB, PaddedLayout, PlaneLayout, WideIm2colB, im2col, pad_planes,
-    split_phases, wide_len,
+    split_phases,
 };
 use crate::parallel::*;
 use crate::scratch::take;
@@ -132,7 +133,11 @@ pub(crate) fn scratch_lens<T: Element>(geo: &ConvGeometry) -> (usize, usize) {
 /// image; none when im2col is fused into the GEMM's packing).
 fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
     if let Some(layout) = wide_layout(geo) {
-        return geo.filters_per_group * wide_tile(geo, &layout, elem_size);
+        return if pixel_columns(geo) {
+            0
+        } else {
+            geo.filters_per_group * wide_tile(geo, &layout, false, elem_size)
+        };
     }
     if geo.is_pointwise() || fused(geo) || single_image_padded(geo).is_some() {
         0
@@ -307,22 +312,60 @@ pub(crate) fn takes_padded_path(geo: &ConvGeometry) -> bool {
     geo.batch > 1 && wide_layout(geo).is_none() && padded_layout(geo).is_some()
 }
 
-/// Wide columns per tile of the wide path: a multiple of 32 (whole GEMM panels).
-fn wide_tile(geo: &ConvGeometry, layout: &PaddedLayout, elem_size: usize) -> usize {
+/// Whether the wide path's columns are output pixels only ([`WideIm2colB`] with `Q`
+/// columns per row, the GEMM writing `y` directly): where every panel of 32 columns then
+/// lies within one output row (`Q` a multiple of 32, or a single output row). Elsewhere
+/// the columns include the junk between output rows, every panel is read in place into a
+/// `C` tile, and its valid columns are copied to `y`. Pixels only against junk columns, 1
+/// thread, best of 3 alternated, GFLOP/s: dilated_3x3 (Q = 64) 102.7 → 107.9 (2 threads
+/// 204.5 → 217.0), audio_1x9 (one row) 105.9 → 109.2; resnet_3x3_56 (Q = 56: 3 panels
+/// in 7 cross a row end and are packed) 103.2 → 100.2, hence the condition. Dilated
+/// input delta (a transposed forward) 102.9 → 108.7 (2 threads 204.0 → 216.8).
+fn pixel_columns(geo: &ConvGeometry) -> bool {
+    geo.h.output == 1 || geo.w.output.is_multiple_of(32)
+}
+
+/// Columns per tile of the wide path: a multiple of 32 (whole GEMM panels).
+fn wide_tile(geo: &ConvGeometry, layout: &PaddedLayout, pixels: bool, elem_size: usize) -> usize {
     let by_budget = WIDE_C_TILE_BYTES / (geo.filters_per_group * elem_size).max(1) / 32 * 32;
-    by_budget.max(32).min(wide_len(geo, layout))
+    let columns = if pixels {
+        geo.out_plane
+    } else {
+        wide_len(geo, layout)
+    };
+    by_budget.max(32).min(columns)
+}
+
+/// Wide columns of an output plane: `(P − 1)·row_len + Q` (the last row needs no junk).
+fn wide_len(geo: &ConvGeometry, layout: &PaddedLayout) -> usize {
+    geo.h.output.saturating_sub(1) * layout.row_len + geo.w.output
 }
 
 /// Batched forward with the GEMM reading the column matrix in place: per image, one copy
-/// into row-phased padded planes, then per group and tile of wide columns
-/// ([`WideIm2colB`]: output pixels `p·row_len + q`, junk columns between rows) one GEMM
-/// into a `C` tile, whose valid columns go to `y` with the bias and activation. No B
-/// panel is packed except a tile's last, partial one; the junk columns cost
-/// `row_len / Q − 1` extra multiply-adds. Each kept output has the packed path's
-/// arithmetic, bit for bit.
+/// into row-phased padded planes, then per tile of columns and group one GEMM
+/// ([`WideIm2colB`]), either straight into `y` ([`pixel_columns`]; bias and activation
+/// then follow on the tile's rows while they are in cache) or into a `C` tile with junk
+/// columns whose valid columns go to `y` with the bias and activation. Each output has
+/// the packed path's arithmetic, bit for bit.
 fn forward_wide<T: Element>(
     geo: &ConvGeometry,
     layout: &PaddedLayout,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    act: Activation,
+    y: &mut [T],
+) {
+    forward_wide_columns(geo, layout, pixel_columns(geo), x, w, bias, act, y)
+}
+
+/// [`forward_wide`] with output-pixel columns (`pixels`) or wide ones, whichever the
+/// geometry (the tests run both on every shape).
+#[allow(clippy::too_many_arguments)]
+fn forward_wide_columns<T: Element>(
+    geo: &ConvGeometry,
+    layout: &PaddedLayout,
+    pixels: bool,
     x: &[T],
     w: &[T],
     bias: Option<&[T]>,
@@ -333,38 +376,63 @@ fn forward_wide<T: Element>(
     let y_image = geo.out_channels * geo.out_plane;
     let (cg, kg, col_rows) = (geo.channels_per_group, geo.filters_per_group, geo.col_rows);
     let (row_len, out_w) = (layout.row_len, geo.w.output);
-    let wide = wide_len(geo, layout);
-    let tile = wide_tile(geo, layout, size_of::<T>());
+    let (row_cols, columns) = if pixels {
+        (out_w, geo.out_plane)
+    } else {
+        (row_len, wide_len(geo, layout))
+    };
+    let tile = wide_tile(geo, layout, pixels, size_of::<T>());
     let planes_len = layout.buffer_len(geo.in_channels);
+    let c_tile_len = if pixels { 0 } else { kg * tile };
     let w_mat = weight_matrix(geo, w);
     let packed = prepack(geo, &w_mat);
     y.par_chunks_exact_mut(y_image)
         .zip(x.par_chunks_exact(x_image))
         .for_each_init(
-            || take::<T>(planes_len + kg * tile),
+            || take::<T>(planes_len + c_tile_len),
             |buffer, (y_n, x_n)| {
                 let (planes, c_tile) = buffer.split_at_mut(planes_len);
                 pad_planes(geo, layout, x_n, planes);
                 for g in 0..geo.groups {
-                    let w_g = MatRef::row_major(&w[g * kg * col_rows..], kg, col_rows, col_rows);
                     let y_g = &mut y_n[g * kg * geo.out_plane..][..kg * geo.out_plane];
-                    for f0 in (0..wide).step_by(tile) {
-                        let len = tile.min(wide - f0);
+                    for (col0, len) in tiles(columns, tile) {
                         let b = WideIm2colB {
                             geo,
                             layout,
                             planes,
                             channel0: g * cg,
                             channels: cg,
-                            f0,
+                            row_cols,
+                            col0,
                             len,
                         };
+                        if pixels {
+                            let b = Columns::Wide(b);
+                            let k0 = g * kg;
+                            gemm_rows(
+                                geo,
+                                w,
+                                packed.as_ref(),
+                                b,
+                                bias,
+                                act,
+                                k0,
+                                kg,
+                                y_g,
+                                col0,
+                                len,
+                            );
+                            continue;
+                        }
+                        let w_g =
+                            MatRef::row_major(&w[g * kg * col_rows..], kg, col_rows, col_rows);
                         let c = MatMut::row_major(&mut c_tile[..kg * len], kg, len, len);
                         match packed.as_ref() {
                             Some(p) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
                             None => gemm_packed(T::ONE, &StridedA(w_g), &b, T::ZERO, c),
                         }
                         // The valid columns of each output row the tile touches.
+                        let f0 = col0;
                         for (k, c_row) in c_tile[..kg * len].chunks_exact(len).enumerate() {
                             let y_k = &mut y_g[k * geo.out_plane..][..geo.out_plane];
                             let b = bias.map(|b| b[g * kg + k]);
@@ -592,6 +660,8 @@ enum Columns<'a, T: Element> {
     Matrix(MatRef<'a, T>),
     Fused(Im2colB<'a, T>),
     Padded(PaddedIm2colB<'a, T>),
+    /// Read in place from padded planes where a panel lies within one output row.
+    Wide(WideIm2colB<'a, T>),
 }
 
 /// `y_rows[:, pix0..pix0 + len] = f(W[k0..k0 + rows] · b + bias)`, where `y_rows` holds
@@ -630,6 +700,8 @@ fn gemm_rows<T: Element>(
         (Columns::Fused(b), Some(p)) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
         (Columns::Padded(b), None) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
         (Columns::Padded(b), Some(p)) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
+        (Columns::Wide(b), None) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
+        (Columns::Wide(b), Some(p)) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
     }
     if bias.is_some() || act != Activation::Identity {
         for k in 0..rows {
@@ -650,12 +722,16 @@ mod tests {
     use super::*;
     use crate::shape::Conv2dSpec;
 
-    /// The wide path (B rows read in place, junk columns dropped) gives the packed path's
-    /// bits on every output, with and without bias and activation, grouped or not, over
-    /// shapes with several wide tiles and partial panels.
+    /// The wide path (B rows read in place) gives the packed path's bits on every output,
+    /// with wide columns (junk dropped) and with output-pixel columns (panels that cross a
+    /// row end packed, `Q` = 40, 30, 50, 20 here), with and without bias and activation,
+    /// grouped or not, over shapes with several tiles and partial panels.
     #[test]
     fn wide_path_matches_packed_path() {
         let specs = [
+            // Q = 64 and a single output row: the shapes that take pixel columns.
+            (2, 4, [6, 64], 8, [3, 3], [1, 1], [1, 1], 2),
+            (2, 3, [1, 70], 40, [1, 9], [0, 4], [1, 1], 1),
             // K = 64: tiles of 1024 wide columns, (40 − 1)·42 + 40 = 1678 of them.
             (2, 5, [40, 40], 64, [3, 3], [1, 1], [1, 1], 1),
             (2, 4, [23, 30], 6, [3, 5], [2, 2], [2, 1], 2),
@@ -694,13 +770,15 @@ mod tests {
             ] {
                 let mut want = vec![f32::NAN; y_len];
                 forward_padded(&geo, &padded, &x, &wts, b, act, &mut want);
-                let mut got = vec![f32::NAN; y_len];
-                forward_wide(&geo, &wide, &x, &wts, b, act, &mut got);
-                let same = got
-                    .iter()
-                    .zip(&want)
-                    .all(|(g, w)| g.to_bits() == w.to_bits());
-                assert!(same, "{spec:?} bias {}", b.is_some());
+                for pixels in [false, true] {
+                    let mut got = vec![f32::NAN; y_len];
+                    forward_wide_columns(&geo, &wide, pixels, &x, &wts, b, act, &mut got);
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(same, "{spec:?} bias {} pixels {pixels}", b.is_some());
+                }
             }
         }
     }

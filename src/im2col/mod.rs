@@ -28,7 +28,7 @@ use std::ops::Range;
 
 pub(crate) use padded::{
     PaddedIm2colB, PaddedIm2colTB, PaddedLayout, WideIm2colB, col2im_padded, pad_planes,
-    unpad_planes, wide_len,
+    unpad_planes,
 };
 
 use crate::blocked::PackB;

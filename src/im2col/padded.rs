@@ -523,13 +523,17 @@ fn copy_runs<T: Element>(
     }
 }
 
-/// The column matrix of one group over *wide* columns, for a GEMM that reads its B rows
-/// in place ([`PackB::rows_in_place`]): with planes in [`PaddedLayout::with_row_phases`],
-/// output pixel `(p, q)` of tap row `(c, r, s)` is at `tap_offset(c, r, s) + p·row_len +
-/// q`, so over the flat index `f = p·row_len + q` every tap row is one contiguous run of
-/// the planes. Column `f` with `q = f % row_len ≥ Q` is a junk column (it reads real
-/// memory but belongs to no output pixel; the caller drops it). Columns are
-/// `f0 .. f0 + len`, within `0 .. wide_len(geo, layout)`.
+/// The column matrix of one group, for a GEMM that reads its B rows in place
+/// ([`PackB::rows_in_place`]): with planes in [`PaddedLayout::with_row_phases`], output
+/// pixel `(p, q)` of tap row `(c, r, s)` is at `tap_offset(c, r, s) + p·row_len + q`, so
+/// within one output row every tap row is one contiguous run of the planes. Columns come
+/// in two forms ([`WideIm2colB::row_cols`]):
+/// - output pixels (`Q` per row): a panel inside one output row is read in place
+///   ([`PackB::column_in_place`]), one that crosses a row end is packed (a run per row
+///   it touches); the GEMM can write `y` directly;
+/// - *wide* columns (`row_len` per row, `f = p·row_len + q`): every panel is read in
+///   place, and the columns with `q ≥ Q` are junk (they read real memory but belong to
+///   no output pixel; the caller drops them).
 pub(crate) struct WideIm2colB<'a, T> {
     pub geo: &'a ConvGeometry,
     /// A row-phased layout ([`PaddedLayout::with_row_phases`]).
@@ -540,15 +544,23 @@ pub(crate) struct WideIm2colB<'a, T> {
     pub channel0: usize,
     /// Channels of the group.
     pub channels: usize,
-    /// First wide column.
-    pub f0: usize,
+    /// Columns per output row: `Q` (output pixels only), or the layout's `row_len` (with
+    /// the junk columns between output rows: every panel lies in place, and the caller
+    /// drops the junk).
+    pub row_cols: usize,
+    /// First column.
+    pub col0: usize,
     /// Columns.
     pub len: usize,
 }
 
-/// Wide columns of an output plane: `(P − 1)·row_len + Q` (the last row needs no junk).
-pub(crate) fn wide_len(geo: &ConvGeometry, layout: &PaddedLayout) -> usize {
-    geo.h.output.saturating_sub(1) * layout.row_len + geo.w.output
+impl<T> WideIm2colB<'_, T> {
+    /// Offset of column `c` (counted from column 0 of the plane) from its tap row's pixel
+    /// `(0, 0)`.
+    #[inline]
+    fn column_offset(&self, c: usize) -> usize {
+        c / self.row_cols * self.layout.row_len + c % self.row_cols
+    }
 }
 
 impl<T: Element> PackB<T> for WideIm2colB<'_, T> {
@@ -560,8 +572,8 @@ impl<T: Element> PackB<T> for WideIm2colB<'_, T> {
         self.len
     }
 
-    /// Each row is one copy from its tap offset (the driver asks only for the last,
-    /// partial panel: the others are read in place).
+    /// Each row as its runs within output rows, one copy per run (the driver asks only
+    /// for the panels that cross a row end and the last, partial one).
     fn pack_b(&self, nr: usize, depth: Range<usize>, cols: Range<usize>, dst: &mut [T]) {
         let kc = depth.len();
         assert_eq!(
@@ -573,8 +585,15 @@ impl<T: Element> PackB<T> for WideIm2colB<'_, T> {
             let width = nr.min(cols.end - j0);
             let mut taps = TapSteps::new(self.geo, self.layout, self.channel0, depth.start);
             for row in panel.chunks_exact_mut(nr) {
-                let from = taps.next() + self.f0 + j0;
-                row[..width].copy_from_slice(&self.planes[from..][..width]);
+                let tap = taps.next();
+                let mut at = 0;
+                while at < width {
+                    let c = self.col0 + j0 + at;
+                    let run = (self.row_cols - c % self.row_cols).min(width - at);
+                    let from = tap + self.column_offset(c);
+                    row[at..at + run].copy_from_slice(&self.planes[from..][..run]);
+                    at += run;
+                }
                 row[width..].fill(T::ZERO);
             }
         }
@@ -583,9 +602,16 @@ impl<T: Element> PackB<T> for WideIm2colB<'_, T> {
     fn rows_in_place(&self, depth: Range<usize>, offsets: &mut [usize]) -> Option<&[T]> {
         let mut taps = TapSteps::new(self.geo, self.layout, self.channel0, depth.start);
         for o in &mut offsets[..depth.len()] {
-            *o = taps.next() + self.f0;
+            *o = taps.next();
         }
         Some(self.planes)
+    }
+
+    fn column_in_place(&self, col: usize, width: usize) -> Option<usize> {
+        let c = self.col0 + col;
+        let contiguous =
+            self.row_cols == self.layout.row_len || c % self.row_cols + width <= self.row_cols;
+        contiguous.then(|| self.column_offset(c))
     }
 }
 
