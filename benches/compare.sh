@@ -20,6 +20,12 @@
 #                           convgemm, ...); the tables keep each cell's fastest median.
 #                           On a shared host other guests slow whichever side runs at the
 #                           time, and 2 rounds give both sides the same second chance.
+#   PER_LAYER=              1: alternate layer by layer (convgemm on a layer at each
+#                           thread count, then the peers on it, then the next layer)
+#                           instead of side by side over the whole suite: on a host whose
+#                           speed drifts over minutes (the Intel host of 2026-11-28: one
+#                           core's FMA peak 123-169 GFLOP/s from one minute to the next),
+#                           both sides of a cell then run within seconds of each other.
 # Nothing else should run meanwhile (2 cores); the script takes /tmp/bench.lock so that
 # cooperating benchmark runs wait for each other.
 set -euo pipefail
@@ -33,8 +39,6 @@ threads=${THREADS:-1 2}
 peak=${PEAK-232}
 max_wait=${MAX_WAIT:-20}
 rounds=${ROUNDS:-1}
-layers_arg=()
-if [ -n "${LAYERS:-}" ]; then layers_arg=(--layers "$LAYERS"); fi
 
 if [ ! -x "$py" ]; then
     echo "error: no Python at $py; create the peers' venv (bash $peers_dir/setup.sh) or set PY" >&2
@@ -56,21 +60,38 @@ echo "waiting for /tmp/bench.lock ..." >&2
 flock 9
 { date -u '+%Y-%m-%d %H:%M UTC'; echo; lscpu; echo; rustc --version; git log -1 --oneline; } > "$out/machine.txt"
 
-for round in $(seq "$rounds"); do
-    start=$SECONDS
-    for t in $threads; do
-        echo "== round $round: convgemm, $t thread(s)" >&2
-        ./target/release/examples/suite --threads "$t" --json --max-wait "$max_wait" --retries 2 \
-            ${layers_arg[@]+"${layers_arg[@]}"} >> "$out/convgemm.jsonl" 2>> "$out/convgemm.log"
-    done
-    echo "   convgemm: $((SECONDS - start)) s" >&2
+# The units each round alternates over: the whole selection, or (PER_LAYER) each layer.
+units=("${LAYERS:-}")
+if [ -n "${PER_LAYER:-}" ]; then
+    mapfile -t units < <(python3 -c '
+import json, sys
+names = [l["name"] for l in json.load(open("benches/suite.json"))["layers"]]
+chosen = [n for n in sys.argv[1].split(",") if n] or names
+print("\n".join(n for n in names if n in chosen))' "${LAYERS:-}")
+fi
 
-    start=$SECONDS
-    echo "== round $round: peers: $peers" >&2
-    "$py" "$peers_dir/bench.py" --suite benches/suite.json --impl "$peers" --max-wait "$max_wait" \
-        --threads "$(echo $threads | tr ' ' ,)" ${layers_arg[@]+"${layers_arg[@]}"} \
-        >> "$out/peers.jsonl" 2>> "$out/peers.log"
-    echo "   peers: $((SECONDS - start)) s" >&2
+for round in $(seq "$rounds"); do
+    convgemm_s=0 peers_s=0
+    for unit in "${units[@]}"; do
+        unit_arg=()
+        if [ -n "$unit" ]; then unit_arg=(--layers "$unit"); fi
+        start=$SECONDS
+        for t in $threads; do
+            echo "== round $round: convgemm, $t thread(s) ${unit}" >&2
+            ./target/release/examples/suite --threads "$t" --json --max-wait "$max_wait" \
+                --retries 2 ${unit_arg[@]+"${unit_arg[@]}"} \
+                >> "$out/convgemm.jsonl" 2>> "$out/convgemm.log"
+        done
+        convgemm_s=$((convgemm_s + SECONDS - start))
+
+        start=$SECONDS
+        echo "== round $round: peers: $peers ${unit}" >&2
+        "$py" "$peers_dir/bench.py" --suite benches/suite.json --impl "$peers" \
+            --max-wait "$max_wait" --threads "$(echo $threads | tr ' ' ,)" \
+            ${unit_arg[@]+"${unit_arg[@]}"} >> "$out/peers.jsonl" 2>> "$out/peers.log"
+        peers_s=$((peers_s + SECONDS - start))
+    done
+    echo "   round $round: convgemm $convgemm_s s, peers $peers_s s" >&2
 done
 flock -u 9
 
