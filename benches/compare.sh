@@ -13,7 +13,9 @@
 #   PY=/opt/peers-venv/bin/python   the peers' Python (see ../shared/peers/README.md)
 #   PEERS_DIR=../shared/peers
 #   PEAK=232                peak GFLOP/s of all cores, for the % of peak (empty: none);
-#                           232 is this 2-core Zen 4 (examples/fma_peak.rs: 116 per core)
+#                           232 is the 2-core Zen 4 host, 336 the Intel one of 2026-11-28
+#                           (`cargo run --release --example fma_peak` gives the per-core
+#                           figure of the machine at hand)
 #   MAX_WAIT=20             seconds to wait for a quiet machine before each measurement
 #                           (both sides; 0 for a quick smoke run)
 #   ROUNDS=1                times to run both sides, alternating (convgemm, peers,
