@@ -153,6 +153,15 @@ impl Passes<'_> {
     }
 }
 
+/// `f(g)` for every group, concatenated along `dim` (one group: its result as is).
+fn per_group(groups: usize, dim: usize, f: impl Fn(usize) -> Result<Tensor>) -> Result<Tensor> {
+    if groups == 1 {
+        return f(0);
+    }
+    let parts: Vec<Tensor> = (0..groups).map(f).collect::<Result<_>>()?;
+    Tensor::cat(&parts, dim)
+}
+
 /// One timed pass.
 type Pass<'a> = (&'static str, Box<dyn Fn() -> Result<()> + 'a>);
 
@@ -183,7 +192,6 @@ fn run(layer: &Layer, threads: usize) -> Result<()> {
     let xs = x.chunk(l.groups, 1)?;
     let ws = w.chunk(l.groups, 0)?;
     let dys = dy.chunk(l.groups, 1)?;
-    let groups = 0..l.groups;
     let cases: [Pass; 3] = [
         (
             "fwd",
@@ -197,11 +205,7 @@ fn run(layer: &Layer, threads: usize) -> Result<()> {
                         l.groups,
                     )?
                 } else {
-                    let parts: Vec<Tensor> = groups
-                        .clone()
-                        .map(|g| passes.forward(&xs[g], &ws[g]))
-                        .collect::<Result<_>>()?;
-                    Tensor::cat(&parts, 1)?
+                    per_group(l.groups, 1, |g| passes.forward(&xs[g], &ws[g]))?
                 };
                 assert_eq!(y.dims4()?, (l.n, l.k, p, q));
                 Ok(())
@@ -210,11 +214,7 @@ fn run(layer: &Layer, threads: usize) -> Result<()> {
         (
             "bwd_data",
             Box::new(|| {
-                let parts: Vec<Tensor> = groups
-                    .clone()
-                    .map(|g| passes.input_delta(&dys[g], &ws[g]))
-                    .collect::<Result<_>>()?;
-                let dx = Tensor::cat(&parts, 1)?;
+                let dx = per_group(l.groups, 1, |g| passes.input_delta(&dys[g], &ws[g]))?;
                 assert_eq!(dx.dims4()?, (l.n, l.c, l.h, l.w));
                 Ok(())
             }),
@@ -222,11 +222,7 @@ fn run(layer: &Layer, threads: usize) -> Result<()> {
         (
             "bwd_weight",
             Box::new(|| {
-                let parts: Vec<Tensor> = groups
-                    .clone()
-                    .map(|g| passes.weight_gradient(&xs[g], &dys[g]))
-                    .collect::<Result<_>>()?;
-                let dw = Tensor::cat(&parts, 0)?;
+                let dw = per_group(l.groups, 0, |g| passes.weight_gradient(&xs[g], &dys[g]))?;
                 assert_eq!(dw.dims4()?, (l.k, cg, l.r, l.s));
                 // db, as the suite's bwd_weight includes it.
                 dy.sum((0, 2, 3))?;
