@@ -90,6 +90,7 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
     let (b_buf, rest) = rest.split_at_mut(b_len);
     let (edge_panel, tile) = rest.split_at_mut(nr * kc_max);
     let mut offsets = [0usize; MAX_IN_PLACE_DEPTH];
+    let mut a_offsets = [0usize; MAX_IN_PLACE_ROWS];
 
     for jc in (0..n).step_by(nc_max) {
         let nc = nc_max.min(n - jc);
@@ -133,10 +134,24 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                                 .and_then(|last| last.checked_add(mc))
                                 .is_some_and(|end| end <= data.len())
                         });
-                let a_pack: &[T] = match (prepacked, a_cols) {
+                // A's rows read in place where the operand holds each as a run (the
+                // weight gradient's taps of a padded image) and B is packed; every run
+                // checked inside `data`.
+                let a_rows = (prepacked.is_none()
+                    && a_cols.is_none()
+                    && in_place.is_none()
+                    && mc <= MAX_IN_PLACE_ROWS)
+                    .then(|| a.rows_in_place(ic..ic + mc, pc..pc + kc, &mut a_offsets[..mc]))
+                    .flatten()
+                    .filter(|data| {
+                        a_offsets[..mc]
+                            .iter()
+                            .all(|&o| o.checked_add(kc).is_some_and(|end| end <= data.len()))
+                    });
+                let a_pack: &[T] = match (prepacked, a_cols.is_some() || a_rows.is_some()) {
                     (Some(packed), _) => packed,
-                    (None, Some(_)) => &[],
-                    (None, None) => {
+                    (None, true) => &[],
+                    (None, false) => {
                         let a_pack = &mut a_buf[..mc.div_ceil(mr) * mr * kc];
                         a.pack_a(mr, ic..ic + mc, pc..pc + kc, a_pack);
                         a_pack
@@ -162,7 +177,7 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                             panel
                         }
                     };
-                    if rows.is_none() && w <= K::NR_THIN {
+                    if rows.is_none() && a_rows.is_none() && w <= K::NR_THIN {
                         // A last panel of a few columns: the thin kernel, two A panels
                         // per call, straight into C.
                         for ir in (0..mc).step_by(2 * mr) {
@@ -200,10 +215,19 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                     }
                     for ir in (0..mc).step_by(mr) {
                         let h = mr.min(mc - ir);
-                        let a_ptr = match a_cols {
-                            Some((data, _)) => data[ir..].as_ptr(),
-                            None => a_pack[ir * kc..][..mr * kc].as_ptr(),
+                        let a_ptr = match (a_cols, a_rows) {
+                            (Some((data, _)), _) => data[ir..].as_ptr(),
+                            (None, Some(data)) => data.as_ptr(),
+                            (None, None) => a_pack[ir * kc..][..mr * kc].as_ptr(),
                         };
+                        // In-place rows of this panel; a partial panel repeats its last
+                        // row (computed, never stored: the edge tile keeps h rows).
+                        let mut panel_rows = [0usize; MAX_MR];
+                        if a_rows.is_some() {
+                            for (i, o) in panel_rows[..mr].iter_mut().enumerate() {
+                                *o = a_offsets[ir + i.min(h - 1)];
+                            }
+                        }
                         let c_tile = at(ic + ir, jc + jr);
                         let b_ptr = b_panel.as_ptr();
                         // The kernel on a tile `t` of row stride `rs`, `narrow` when only
@@ -215,9 +239,22 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                         // in place, every row's NR elements from its offset plus the
                         // panel's `column_in_place` lie in `data` (checked above against
                         // the farthest row); the tile is valid per the caller; the CPU
-                        // check is the caller's.
+                        // check is the caller's. A rows in place: `panel_rows` holds MR
+                        // offsets of rows of this block, each run of kc elements checked
+                        // inside `data` above.
                         let run = |t: *mut T, rs: isize, narrow: bool| unsafe {
                             match (rows, a_cols) {
+                                (None, None) if a_rows.is_some() => K::kernel_a_rows(
+                                    kc,
+                                    alpha,
+                                    a_ptr,
+                                    panel_rows.as_ptr(),
+                                    b_ptr,
+                                    beta,
+                                    t,
+                                    rs,
+                                    narrow,
+                                ),
                                 (None, Some((_, step))) => K::kernel_strided_a(
                                     kc, alpha, a_ptr, step, b_ptr, beta, t, rs, narrow,
                                 ),
@@ -254,6 +291,13 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
 /// Deepest `k` block whose B rows the driver reads in place (its row offsets live on the
 /// stack); every kernel's `KC` is at most this.
 const MAX_IN_PLACE_DEPTH: usize = 256;
+
+/// Most rows of an A block whose rows the driver reads in place (their offsets live on
+/// the stack); every kernel's `MC` is at most this.
+const MAX_IN_PLACE_ROWS: usize = 256;
+
+/// Room for one panel's row offsets: every kernel's `MR` is at most this.
+const MAX_MR: usize = 16;
 
 /// A partial tile, or a tile of a C without unit column stride: `run` computes the
 /// kernel on the local `MR × NR` `tile`, with the valid `h × w` part of C copied in

@@ -157,6 +157,30 @@ pub trait Kernel<T> {
         let _ = (k, alpha, a, a_step, b, beta, c, rsc, narrow);
         unreachable!("kernel_strided_a called on a kernel without A_IN_PLACE");
     }
+
+    /// [`Kernel::kernel`] (or with `narrow`, [`Kernel::kernel_narrow`]) with the A panel
+    /// read in place by rows: element `(i, p)` of the panel is `a[a_rows[i] + p]` (not
+    /// `a[p·MR + i]`). For an A whose rows lie in memory with unit column stride at
+    /// scattered offsets, such as the taps of a padded image in the weight gradient
+    /// (`dWᵀ = col · dyᵀ`, a tap row of `col` being a run of the image): the panels
+    /// need no packing. The arithmetic is `kernel`'s, bit for bit.
+    ///
+    /// # Safety
+    /// As [`Kernel::kernel`], except that `a` need not hold a packed panel: instead
+    /// `a_rows` is valid for reads of `MR` elements and `a + a_rows[i] + p` is valid for
+    /// reads for every `i < MR`, `p < k`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel_a_rows(
+        k: usize,
+        alpha: T,
+        a: *const T,
+        a_rows: *const usize,
+        b: *const T,
+        beta: T,
+        c: *mut T,
+        rsc: isize,
+        narrow: bool,
+    );
 }
 
 /// The portable kernel: plain Rust, a separate multiply and add (the baseline x86-64 has
@@ -181,11 +205,34 @@ impl<T: crate::Element> Kernel<T> for Portable {
 
     #[inline]
     unsafe fn kernel(k: usize, alpha: T, a: *const T, b: *const T, beta: T, c: *mut T, rsc: isize) {
-        // SAFETY: the caller guarantees `b` holds k·NR elements: row p is at
-        // b + p·NR.
+        // SAFETY: the caller guarantees `a` holds k·MR elements, column p at a + p·MR,
+        // and `b` k·NR elements: row p is at b + p·NR.
+        let (column, row) = (
+            |p: usize| unsafe { a.add(p * P_MR) },
+            |p: usize| unsafe { b.add(p * P_NR) },
+        );
+        // SAFETY: forwarded (`c` as the caller guarantees).
+        unsafe { portable_tile(k, alpha, |p, i| *column(p).add(i), row, beta, c, rsc) }
+    }
+
+    #[inline]
+    unsafe fn kernel_a_rows(
+        k: usize,
+        alpha: T,
+        a: *const T,
+        a_rows: *const usize,
+        b: *const T,
+        beta: T,
+        c: *mut T,
+        rsc: isize,
+        _narrow: bool,
+    ) {
+        // SAFETY: the caller guarantees `a_rows` holds MR offsets and element p of row i
+        // at a + a_rows[i] + p for p < k; `b` holds k·NR elements.
+        let starts: [*const T; P_MR] = std::array::from_fn(|i| unsafe { a.add(*a_rows.add(i)) });
         let row = |p: usize| unsafe { b.add(p * P_NR) };
-        // SAFETY: forwarded (`a` and `c` as the caller guarantees).
-        unsafe { portable_tile(k, alpha, a, row, beta, c, rsc) }
+        // SAFETY: forwarded (`c` as the caller guarantees).
+        unsafe { portable_tile(k, alpha, |p, i| *starts[i].add(p), row, beta, c, rsc) }
     }
 
     #[inline]
@@ -200,32 +247,32 @@ impl<T: crate::Element> Kernel<T> for Portable {
         rsc: isize,
     ) {
         // SAFETY: the caller guarantees `offsets` holds k elements and row p at
-        // b + offsets[p] holds NR.
+        // b + offsets[p] holds NR; `a` holds k·MR elements.
         let row = |p: usize| unsafe { b.add(*offsets.add(p)) };
         // SAFETY: forwarded.
-        unsafe { portable_tile(k, alpha, a, row, beta, c, rsc) }
+        unsafe { portable_tile(k, alpha, |p, i| *a.add(p * P_MR + i), row, beta, c, rsc) }
     }
 }
 
-/// The portable kernel's tile, B row `p` at `row(p)`.
+/// The portable kernel's tile: A element `(i, p)` is `a_at(p, i)`, B row `p` at
+/// `row(p)`.
 ///
 /// # Safety
-/// `a` is valid for reads of `k·MR` elements, `row(p)` of `NR` for `p < k`; C as in
-/// [`Kernel::kernel`].
+/// `a_at(p, i)` reads a valid element for `p < k`, `i < MR`, `row(p)` points at `NR`
+/// readable elements for `p < k`; C as in [`Kernel::kernel`].
 #[inline(always)]
 unsafe fn portable_tile<T: crate::Element>(
     k: usize,
     alpha: T,
-    a: *const T,
+    a_at: impl Fn(usize, usize) -> T,
     row: impl Fn(usize) -> *const T,
     beta: T,
     c: *mut T,
     rsc: isize,
 ) {
-    // SAFETY: the caller guarantees `a` holds k·MR elements.
-    let a = unsafe { std::slice::from_raw_parts(a, k * P_MR) };
     let mut acc = [[T::ZERO; P_NR]; P_MR];
-    for (p, ap) in a.chunks_exact(P_MR).enumerate() {
+    for p in 0..k {
+        let ap: [T; P_MR] = std::array::from_fn(|i| a_at(p, i));
         // SAFETY: row p holds NR elements (the caller's guarantee).
         let bp = unsafe { std::slice::from_raw_parts(row(p), P_NR) };
         for i in 0..P_MR {
@@ -268,18 +315,25 @@ macro_rules! simd_kernel {
     ) => {
         /// See [`Kernel::kernel`](crate::blocked::kernel::Kernel::kernel) for the contract.
         /// `IN_PLACE`: B rows at `b + offsets[p]` (`kernel_rows`); `A_STRIDED`: A columns
-        /// `a_step` apart (`kernel_strided_a`), prefetched ahead.
+        /// `a_step` apart (`kernel_strided_a`), prefetched ahead; `A_ROWS`: A row `i` at
+        /// `a + a_rows[i]`, its columns consecutive (`kernel_a_rows`).
         ///
         /// # Safety
         /// As `Kernel::kernel` (or the form the flags name), with `MR`/`NR` this kernel's,
         /// and the CPU must have the target features of this function.
         #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn $name<const NV: usize, const IN_PLACE: bool, const A_STRIDED: bool>(
+        pub(super) unsafe fn $name<
+            const NV: usize,
+            const IN_PLACE: bool,
+            const A_STRIDED: bool,
+            const A_ROWS: bool,
+        >(
             k: usize,
             alpha: $t,
             a: *const $t,
             a_step: usize,
+            a_rows: *const usize,
             b: *const $t,
             offsets: *const usize,
             beta: $t,
@@ -299,6 +353,16 @@ macro_rules! simd_kernel {
                 _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NV * L * size_of::<$t>() - 1));
             }
             let mut acc = [[$zero(); NV]; MR];
+            // A read in rows (`kernel_a_rows`): one pointer per row, indexed by `p` (one
+            // register each; the broadcasts stay folded into the FMAs).
+            let row_starts: [*const $t; MR] = std::array::from_fn(|i| {
+                if A_ROWS {
+                    // SAFETY: `a_rows` holds MR offsets (`kernel_a_rows`' contract).
+                    a.wrapping_add(unsafe { *a_rows.add(i) })
+                } else {
+                    a
+                }
+            });
             let (mut a, mut packed_row) = (a, b);
             for p in 0..k {
                 let row = if IN_PLACE {
@@ -316,8 +380,13 @@ macro_rules! simd_kernel {
                 for (i, acc_row) in acc.iter_mut().enumerate() {
                     // SAFETY: `a` points at the current column of MR elements: inside the
                     // packed panel's k·MR elements, or column p of an A read in place
-                    // (`kernel_strided_a`'s contract).
-                    let ai = $splat(unsafe { *a.add(i) });
+                    // (`kernel_strided_a`'s contract); with `A_ROWS`, element p of row i
+                    // is readable (`kernel_a_rows`' contract).
+                    let ai = if A_ROWS {
+                        $splat(unsafe { *row_starts[i].add(p) })
+                    } else {
+                        $splat(unsafe { *a.add(i) })
+                    };
                     for (acc, &bv) in acc_row.iter_mut().zip(&bv) {
                         *acc = $fma(ai, bv, *acc);
                     }
@@ -460,11 +529,12 @@ macro_rules! simd_kernel_methods {
             // SAFETY: the caller upholds `Kernel::kernel`'s contract, which includes that
             // the CPU has the kernel's features; a packed panel's columns are MR apart.
             unsafe {
-                $f::<2, false, false>(
+                $f::<2, false, false, false>(
                     k,
                     alpha,
                     a,
                     <Self as Kernel<$t>>::MR,
+                    std::ptr::null(),
                     b,
                     std::ptr::null(),
                     beta,
@@ -487,11 +557,12 @@ macro_rules! simd_kernel_methods {
         ) {
             // SAFETY: the caller upholds `Kernel::kernel_rows`' contract.
             unsafe {
-                $f::<2, true, false>(
+                $f::<2, true, false, false>(
                     k,
                     alpha,
                     a,
                     <Self as Kernel<$t>>::MR,
+                    std::ptr::null(),
                     b,
                     offsets,
                     beta,
@@ -517,11 +588,12 @@ macro_rules! simd_kernel_methods {
             // SAFETY: as `kernel`; the narrow instance touches only the first vector of
             // each row of the tile.
             unsafe {
-                $f::<1, false, false>(
+                $f::<1, false, false, false>(
                     k,
                     alpha,
                     a,
                     <Self as Kernel<$t>>::MR,
+                    std::ptr::null(),
                     b,
                     std::ptr::null(),
                     beta,
@@ -547,10 +619,34 @@ macro_rules! simd_kernel_methods {
         ) {
             // SAFETY: the caller upholds `Kernel::kernel_strided_a`'s contract.
             unsafe {
+                let none = std::ptr::null();
                 if narrow {
-                    $f::<1, false, true>(k, alpha, a, a_step, b, std::ptr::null(), beta, c, rsc)
+                    $f::<1, false, true, false>(k, alpha, a, a_step, none, b, none, beta, c, rsc)
                 } else {
-                    $f::<2, false, true>(k, alpha, a, a_step, b, std::ptr::null(), beta, c, rsc)
+                    $f::<2, false, true, false>(k, alpha, a, a_step, none, b, none, beta, c, rsc)
+                }
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn kernel_a_rows(
+            k: usize,
+            alpha: $t,
+            a: *const $t,
+            a_rows: *const usize,
+            b: *const $t,
+            beta: $t,
+            c: *mut $t,
+            rsc: isize,
+            narrow: bool,
+        ) {
+            // SAFETY: the caller upholds `Kernel::kernel_a_rows`' contract.
+            unsafe {
+                let none = std::ptr::null();
+                if narrow {
+                    $f::<1, false, false, true>(k, alpha, a, 1, a_rows, b, none, beta, c, rsc)
+                } else {
+                    $f::<2, false, false, true>(k, alpha, a, 1, a_rows, b, none, beta, c, rsc)
                 }
             }
         }

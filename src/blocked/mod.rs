@@ -11,10 +11,11 @@
 //! - [`transpose`]: in-register block transposes for packing column-contiguous operands;
 //! - `driver`: the five loops, packing into per-thread buffers
 //!   ([`scratch::take_packing`](crate::scratch::take_packing)), so a steady-state call
-//!   allocates nothing. Two operands skip packing: B rows that lie in memory with unit
-//!   column stride (`Kernel::kernel_rows`, the forward's padded planes) and A columns
-//!   that lie with unit row stride (`Kernel::kernel_strided_a`, `Wᵀ` of a single
-//!   image's input delta).
+//!   allocates nothing. Three operands skip packing: B rows that lie in memory with unit
+//!   column stride (`Kernel::kernel_rows`, the forward's padded planes), A columns that
+//!   lie with unit row stride (`Kernel::kernel_strided_a`, `Wᵀ` of a single image's
+//!   input delta) and A rows that lie as runs anywhere (`Kernel::kernel_a_rows`, the
+//!   weight gradient's column matrix over row-phased padded planes).
 //!
 //! The kernel is chosen once per call from [`simd::isa`] (`CONVGEMM_ISA` forces a path):
 //! AVX-512F, AVX2 + FMA, or the portable kernel.

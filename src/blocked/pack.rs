@@ -53,6 +53,26 @@ pub trait PackA<T> {
         let _ = (rows, depth);
         None
     }
+
+    /// A's rows `rows` as they already lie in memory, when each is a contiguous run
+    /// (unit column stride) wherever it starts, so that a kernel can read the panels in
+    /// place by rows ([`Kernel::kernel_a_rows`](super::kernel::Kernel::kernel_a_rows)):
+    /// returns `data` and writes `offsets` (`rows.len()` elements) so that
+    ///
+    /// `A[rows.start + i, depth.start + kk] = data[offsets[i] + kk]` for every
+    /// `kk < depth.len()`.
+    ///
+    /// The driver checks that every run lies in `data` (else it packs). `None` (the
+    /// default) makes the driver pack.
+    fn rows_in_place(
+        &self,
+        rows: Range<usize>,
+        depth: Range<usize>,
+        offsets: &mut [usize],
+    ) -> Option<&[T]> {
+        let _ = (rows, depth, offsets);
+        None
+    }
 }
 
 /// The right operand B (`depth × cols`) of `C = alpha · A · B + beta · C`.

@@ -597,3 +597,119 @@ fn a_in_place_case<T: Element>() {
         }
     }
 }
+
+/// An A operand whose rows lie scattered in `data` (row `i` at `offsets[i]`, a run of
+/// `k` elements), offered to the driver in place by rows; `visible` elements of `data`
+/// are shown to it (too few makes the driver's bounds check refuse them: it packs).
+struct ScatteredRowsA<'a, T> {
+    data: &'a [T],
+    offsets: Vec<usize>,
+    k: usize,
+    visible: usize,
+}
+
+impl<T: Element> PackA<T> for ScatteredRowsA<'_, T> {
+    fn rows(&self) -> usize {
+        self.offsets.len()
+    }
+    fn depth(&self) -> usize {
+        self.k
+    }
+    fn pack_a(&self, mr: usize, rows: Range<usize>, depth: Range<usize>, dst: &mut [T]) {
+        let kc = depth.len();
+        for (panel, i0) in dst.chunks_exact_mut(mr * kc).zip(rows.clone().step_by(mr)) {
+            for i in 0..mr {
+                for kk in 0..kc {
+                    panel[kk * mr + i] = if i0 + i < rows.end {
+                        self.data[self.offsets[i0 + i] + depth.start + kk]
+                    } else {
+                        T::ZERO
+                    };
+                }
+            }
+        }
+    }
+    fn rows_in_place(
+        &self,
+        rows: Range<usize>,
+        depth: Range<usize>,
+        offsets: &mut [usize],
+    ) -> Option<&[T]> {
+        for (o, &row) in offsets.iter_mut().zip(&self.offsets[rows]) {
+            *o = row + depth.start;
+        }
+        Some(&self.data[..self.visible])
+    }
+}
+
+/// On every path, a GEMM reading A's rows in place (`Kernel::kernel_a_rows`, the weight
+/// gradient's taps of a padded image) gives the bits of the same GEMM on A stored densely
+/// (packed), in f32 and f64, for `alpha` 1 and 0.7 and `beta` 0, 1 and 0.5: M not a
+/// multiple of MR (the last panel repeats a row, kept out of C), rows in one and in
+/// several A blocks, several `k` blocks, narrow and thin column tails; rows that would
+/// reach past the data are refused and packed instead.
+#[test]
+fn a_rows_in_place_match_packed_a() {
+    a_rows_case::<f32>();
+    a_rows_case::<f64>();
+}
+
+fn a_rows_case<T: Element>() {
+    let mut rng = Rng(0xA2);
+    for (m, k, n) in [
+        (19, 300, 70),
+        (200, 40, 45),
+        (64, 513, 20),
+        (13, 7, 4),
+        (8, 50, 33),
+    ] {
+        let dense = Stored::<T>::new(m, k, false, 0, || rng.unit());
+        // Row i at a scattered place: rows in reverse order, gaps of i % 5.
+        let stride = k + 5;
+        let offsets: Vec<usize> = (0..m).map(|i| (m - 1 - i) * stride + i % 5).collect();
+        let mut data = vec![T::from_f64(f64::NAN); m * stride];
+        for (i, &o) in offsets.iter().enumerate() {
+            data[o..o + k].copy_from_slice(&dense.data[i * k..][..k]);
+        }
+        let b = Stored::<T>::new(k, n, false, 1, || rng.unit());
+        let c0 = Stored::<T>::new(m, n, false, 0, || rng.unit());
+        for &isa in &PATHS {
+            for (alpha, beta) in [(1.0, 0.0), (0.7, 1.0), (1.0, 0.5)] {
+                let (alpha, beta) = (T::from_f64(alpha), T::from_f64(beta));
+                let run = |a: &dyn Fn(MatMut<'_, T>)| {
+                    let mut c = Stored::<T>::new(m, n, false, 0, || T::ZERO);
+                    c.data.copy_from_slice(&c0.data);
+                    a(c.view_mut());
+                    c.data
+                        .iter()
+                        .map(|v| v.to_f64().to_bits())
+                        .collect::<Vec<u64>>()
+                };
+                let want = run(&|c| {
+                    gemm_packed_on(
+                        isa,
+                        alpha,
+                        &StridedA(dense.view()),
+                        &StridedB(b.view()),
+                        beta,
+                        c,
+                    )
+                });
+                for visible in [data.len(), offsets[0] + k - 1] {
+                    let a = ScatteredRowsA {
+                        data: &data,
+                        offsets: offsets.clone(),
+                        k,
+                        visible,
+                    };
+                    let got =
+                        run(&|c| gemm_packed_on(isa, alpha, &a, &StridedB(b.view()), beta, c));
+                    assert!(
+                        got == want,
+                        "{isa:?} {m}x{k}x{n} alpha {alpha:?} beta {beta:?} visible {visible}"
+                    );
+                }
+            }
+        }
+    }
+}
