@@ -63,6 +63,13 @@ const BAND_BYTES: usize = 2 << 20;
 /// LeNet's second layer (500 taps, a 12-wide row for 8 outputs) 3× slower, hence the
 /// limits.
 pub(crate) fn applies(geo: &ConvGeometry, elem_size: usize) -> bool {
+    if geo.col_rows > 32 && super::backward_weights::uses_wide_form(geo) {
+        // The GEMM reading the column matrix in place is faster there: the ResNet stem
+        // (147 taps) on the Intel host, 1 thread, paired median 1.44 over 5 rounds, best
+        // 45.6 → 106.0 GFLOP/s. LeNet's first layer (25 taps) stays here (27–30 against
+        // 21–23).
+        return false;
+    }
     let sized = if elem_size <= 4 {
         geo.col_rows <= MAX_TAPS
     } else {

@@ -23,6 +23,7 @@
 
 mod compact;
 mod padded;
+mod wide_weights;
 
 use std::ops::Range;
 
@@ -30,6 +31,7 @@ pub(crate) use padded::{
     PaddedIm2colB, PaddedIm2colTB, PaddedLayout, WideIm2colB, col2im_padded, pad_planes,
     unpad_planes,
 };
+pub(crate) use wide_weights::{WideDyT, WideTapsA};
 
 use crate::blocked::PackB;
 use crate::element::Element;

@@ -622,7 +622,7 @@ const TAP_BLOCK: usize = if cfg!(test) { 5 } else { 256 };
 
 /// The tap offsets of consecutive column-matrix rows `(c, r, s)`, stepped without
 /// divisions (a division per row cost as much as the row's copy).
-struct TapSteps {
+pub(super) struct TapSteps {
     /// Offset of the current channel's `(r, s) = (0, 0)` tap.
     channel_base: usize,
     channel_len: usize,
@@ -653,7 +653,12 @@ struct TapSteps {
 
 impl TapSteps {
     /// Stepping from row `row` of the column matrix of channels `channel0..`.
-    fn new(geo: &ConvGeometry, layout: &PaddedLayout, channel0: usize, row: usize) -> Self {
+    pub(super) fn new(
+        geo: &ConvGeometry,
+        layout: &PaddedLayout,
+        channel0: usize,
+        row: usize,
+    ) -> Self {
         let (r, s) = ((row % geo.taps) / geo.w.kernel, row % geo.w.kernel);
         let shift = s * geo.w.dilation;
         TapSteps {
@@ -683,7 +688,7 @@ impl TapSteps {
 
     /// The current row's tap offset (`PaddedLayout::tap_offset`); moves to the next row.
     #[inline(always)]
-    fn next(&mut self) -> usize {
+    pub(super) fn next(&mut self) -> usize {
         let offset = self.channel_base + self.r_off + self.phase * self.phase_len + self.col;
         self.s += 1;
         if self.s < self.s_count {
