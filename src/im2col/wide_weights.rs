@@ -29,10 +29,15 @@ use crate::simd;
 
 /// Flat positions the wide operands span: `(P − 1)·row_len + Q` (0 for an empty plane).
 pub(crate) fn wide_depth(geo: &ConvGeometry, layout: &PaddedLayout) -> usize {
-    if geo.h.output == 0 || geo.w.output == 0 {
+    flat_depth(geo.h.output, geo.w.output, layout.row_len)
+}
+
+/// `(P − 1)·row_len + Q` flat positions for a `P × Q` plane (0 when empty).
+fn flat_depth(out_h: usize, out_w: usize, row_len: usize) -> usize {
+    if out_h == 0 || out_w == 0 {
         return 0;
     }
-    (geo.h.output - 1) * layout.row_len + geo.w.output
+    (out_h - 1) * row_len + out_w
 }
 
 /// The column matrix of `channels` channels (`channels·R·S` rows) over the flat
@@ -113,10 +118,7 @@ pub(crate) struct WideDyT<'a, T> {
 
 impl<T: Element> PackB<T> for WideDyT<'_, T> {
     fn depth(&self) -> usize {
-        if self.out_h == 0 || self.out_w == 0 {
-            return 0;
-        }
-        (self.out_h - 1) * self.row_len + self.out_w
+        flat_depth(self.out_h, self.out_w, self.row_len)
     }
 
     fn cols(&self) -> usize {
