@@ -4,8 +4,9 @@
 //! in place (row stride `P·Q`), and the bias and activation are applied while that block
 //! is still in cache. Its B operand, the column matrix (`(C/groups)·R·S × len`), comes
 //! one of these ways:
-//! - blocked GEMM, batched, stride 1, few junk columns: each image is copied once into
-//!   padded planes, and the GEMM reads the taps' rows of those planes in place
+//! - blocked GEMM, batched, few junk columns (stride 1, or strided with rows of at least
+//!   32 outputs): each image is copied once into padded planes (split into row and
+//!   column phases when strided), and the GEMM reads the taps' rows of those planes in place
 //!   ([`WideIm2colB`], `forward_wide`): over output pixels straight into `y` where every
 //!   panel lies within an output row (`Q` a multiple of 32, or one row), else over *wide*
 //!   columns (`p·row_len + q`, junk columns between output rows) into a `C` tile whose
@@ -276,8 +277,8 @@ fn forward_padded<T: Element>(
 /// junk columns included, kept in L2 across the GEMM's `k` blocks.
 const WIDE_C_TILE_BYTES: usize = 256 << 10;
 
-/// The layout of the wide path, when it applies: batched, fused, stride 1, moderate
-/// padding, and `W + 2·pad_w ≤ 17/16·Q`. Its rows share their padding
+/// The layout of the wide path, when it applies: batched, fused, moderate padding, and
+/// at stride 1 `W + 2·pad_w ≤ 17/16·Q` (strided layers: [`strided_wide_layout`]). Its rows share their padding
 /// ([`PaddedLayout::with_shared_row_padding`]): `pad_w` junk columns per row instead of
 /// `2·pad_w`, dilated_3x3 99.3 → 102.2 GFLOP/s and resnet_3x3_56 100.9 → 102.4 on one
 /// thread (best of 3 alternated).
@@ -286,10 +287,13 @@ const WIDE_C_TILE_BYTES: usize = 256 << 10;
 /// unshared padding: resnet_3x3_56 +2–4%, audio_1x9 +4–7%, dilated_3x3 equal; stride 2
 /// is equal (resnet_3x3_s2) or slower (the ResNet stem, −8%: its 147 tap rows are
 /// scattered over 12 phase planes, more cache lines than the packed panel), hence stride
-/// 1 only.
+/// 1 only there; on the Intel hosts the stem gained, see [`strided_wide_layout`].
 fn wide_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
-    if !fused(geo) || geo.h.stride != 1 || geo.w.stride != 1 {
+    if !fused(geo) {
         return None;
+    }
+    if geo.h.stride != 1 || geo.w.stride != 1 {
+        return strided_wide_layout(geo);
     }
     // The bound as first measured, on rows of `W + 2·pad_w`: with the shared row padding
     // resnet_3x3_28 (29 columns per 28 outputs) would qualify, but stays 2 % faster packed
@@ -299,6 +303,29 @@ fn wide_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
         return None;
     }
     PaddedLayout::with_shared_row_padding(geo)
+}
+
+/// Output rows of at least this many pixels for a strided layer's wide path.
+const STRIDED_WIDE_MIN_Q: usize = 32;
+
+/// The wide path's layout for a strided layer: rows and columns split into phases
+/// ([`PaddedLayout::with_row_phases`]), so the pixels of each tap row are again one flat
+/// vector with `row_len − Q` junk columns per output row, when those are at most `Q/16`
+/// and output rows hold at least [`STRIDED_WIDE_MIN_Q`] pixels.
+///
+/// Against packing from padded planes ([`forward_padded`]), paired medians of
+/// `benches/ab.sh` (1 thread unless said): the ResNet stem (Q = 112, 115 columns per
+/// row) 1.15 on the first Intel host (best 92 → 107 GFLOP/s), 1.05 and 1.08 over 6 rounds
+/// each on the second (124 → 139), 1.08 at 2 threads (248 → 272, a control 1.07);
+/// resnet_3x3_s2 (Q = 28) 0.86 and 0.90, hence the bound on `Q`: its panels of 32 columns
+/// cross a row end, and the in-place rows come from 4 phase planes. On Zen 4 the stem
+/// had measured −8 % (see the stride-1 note above), so this choice is the Intel hosts'.
+fn strided_wide_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
+    if geo.w.output < STRIDED_WIDE_MIN_Q {
+        return None;
+    }
+    PaddedLayout::with_row_phases(geo)
+        .filter(|layout| layout.row_len.saturating_mul(16) <= geo.w.output.saturating_mul(17))
 }
 
 /// Whether [`forward`] reads this layer's column matrix in place ([`forward_wide`]).
@@ -740,7 +767,19 @@ mod tests {
             // elements, not W + pad_w, so a row's outputs stay clear of the next row's.
             (2, 3, [10, 20], 8, [3, 1], [1, 1], [1, 1], 1),
         ];
-        for (batch, c, [h, w], k, kernel, padding, dilation, groups) in specs {
+        // Strided: rows and columns in phases (`strided_wide_layout`), the stem's 7 × 7
+        // at stride 2 (Q = 40, 115 − 112 junk columns per row at full size, 3 here),
+        // stride 3 × 2 with dilation, and a 1 × 9 at stride 2 over a single output row.
+        let strided = [
+            (2, 3, [40, 80], 16, [7, 7], [3, 3], [1, 1], [2, 2], 1),
+            (2, 4, [31, 75], 6, [3, 3], [2, 1], [2, 1], [3, 2], 2),
+            (2, 3, [1, 90], 8, [1, 9], [0, 4], [1, 1], [2, 2], 1),
+        ];
+        let specs = specs
+            .into_iter()
+            .map(|(n, c, hw, k, rs, pad, dil, g)| (n, c, hw, k, rs, pad, dil, [1, 1], g))
+            .chain(strided);
+        for (batch, c, [h, w], k, kernel, padding, dilation, stride, groups) in specs {
             let spec = Conv2dSpec {
                 batch,
                 in_channels: c,
@@ -750,11 +789,15 @@ mod tests {
                 kernel,
                 padding,
                 dilation,
+                stride,
                 groups,
-                ..Default::default()
             };
             let geo = ConvGeometry::new(&spec).unwrap();
-            let wide = PaddedLayout::with_shared_row_padding(&geo).unwrap();
+            let wide = if stride == [1, 1] {
+                PaddedLayout::with_shared_row_padding(&geo).unwrap()
+            } else {
+                PaddedLayout::with_row_phases(&geo).unwrap()
+            };
             let padded = PaddedLayout::new(&geo).unwrap();
             let x: Vec<f32> = (0..batch * c * h * w)
                 .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
