@@ -219,6 +219,12 @@ pub fn battery() -> Vec<Case> {
             name: "few_taps_stride2_many_bands",
             spec: spec(2, 1, [400, 300], 64, [3, 3], [2, 2], one, one, 1),
         },
+        // A batched stride-2 layer with output rows of 48 pixels (51 per row in phase
+        // planes): the forward reads its tap rows in place, as on the ResNet stem.
+        Case {
+            name: "stem_like_stride2_wide_rows",
+            spec: spec(2, 3, [12, 96], 16, [7, 7], [2, 2], [3, 3], one, 1),
+        },
         Case {
             name: "many_images_few_pixels",
             spec: spec(20, 2, [4, 4], 3, [2, 2], one, zero, one, 1),
