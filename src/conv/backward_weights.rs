@@ -112,7 +112,8 @@ fn padded_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
 /// Measured on the Intel host, 1 thread, paired medians over 5–6 rounds against the
 /// pixel-column form: resnet_3x3_56 1.08–1.20, dilated_3x3 1.09–1.16, resnet_3x3_s2
 /// 1.08, resnet_3x3_28 0.96–0.99, audio_1x9 0.93–1.16 (best medians higher in every
-/// layer), the ResNet stem 1.44 against `small_filter`.
+/// layer), the ResNet stem 1.44 against `small_filter`. On the second Intel host the
+/// pixel-column form measured 0.93 (resnet_3x3_28) and 0.91 (resnet_3x3_s2) of this one.
 fn wide_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
     if !use_blocked() || geo.is_pointwise() {
         return None;
