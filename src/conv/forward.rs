@@ -6,11 +6,11 @@
 //! one of these ways:
 //! - blocked GEMM, batched, few junk columns (stride 1, or strided with rows of at least
 //!   32 outputs): each image is copied once into padded planes (split into row and
-//!   column phases when strided), and the GEMM reads the taps' rows of those planes in place
-//!   ([`WideIm2colB`], `forward_wide`): over output pixels straight into `y` where every
-//!   panel lies within an output row (`Q` a multiple of 32, or one row), else over *wide*
-//!   columns (`p·row_len + q`, junk columns between output rows) into a `C` tile whose
-//!   valid columns are then written to `y`; no B panel is packed but partial ones;
+//!   column phases when strided), and the GEMM reads the taps' rows of those planes in
+//!   place ([`WideIm2colB`], `forward_wide`): over output pixels straight into `y` where
+//!   every panel lies within an output row (`Q` a multiple of 32, or one row), else over
+//!   *wide* columns (`p·row_len + q`, junk columns between output rows) into a `C` tile
+//!   whose valid columns are then written to `y`; no B panel is packed but partial ones;
 //! - blocked GEMM, batched, moderate padding: each image is copied once into padded planes
 //!   ([`PaddedLayout`]) and the GEMM's B panels are packed from them with plain vector
 //!   copies ([`PaddedIm2colB`]); the tile is the whole output plane, since no column
@@ -278,7 +278,8 @@ fn forward_padded<T: Element>(
 const WIDE_C_TILE_BYTES: usize = 256 << 10;
 
 /// The layout of the wide path, when it applies: batched, fused, moderate padding, and
-/// at stride 1 `W + 2·pad_w ≤ 17/16·Q` (strided layers: [`strided_wide_layout`]). Its rows share their padding
+/// at stride 1 `W + 2·pad_w ≤ 17/16·Q` (strided layers: [`strided_wide_layout`]). At
+/// stride 1 its rows share their padding
 /// ([`PaddedLayout::with_shared_row_padding`]): `pad_w` junk columns per row instead of
 /// `2·pad_w`, dilated_3x3 99.3 → 102.2 GFLOP/s and resnet_3x3_56 100.9 → 102.4 on one
 /// thread (best of 3 alternated).
@@ -769,7 +770,7 @@ mod tests {
             (2, 3, [10, 20], 8, [3, 1], [1, 1], [1, 1], 1),
         ];
         // Strided: rows and columns in phases (`strided_wide_layout`), the stem's 7 × 7
-        // at stride 2 (Q = 40, 115 − 112 junk columns per row at full size, 3 here),
+        // at stride 2 (Q = 40 in rows of 43, as the stem's 112 in rows of 115),
         // stride 3 × 2 with dilation, and a 1 × 9 at stride 2 over a single output row.
         let strided = [
             (2, 3, [40, 80], 16, [7, 7], [3, 3], [1, 1], [2, 2], 1),
