@@ -44,78 +44,20 @@
 
 #![allow(deprecated)] // burn 0.22 marks the NdArray backend deprecated in favour of Flex.
 
+#[path = "../../peer_common/suite.rs"]
+mod peer_suite;
+
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, Distribution, Tensor};
+use peer_suite::Layer;
 use std::time::Instant;
 
-struct Layer {
-    name: String,
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    r: usize,
-    s: usize,
-    stride: [usize; 2],
-    pad: [usize; 2],
-    dil: [usize; 2],
-    groups: usize,
-}
-
 impl Layer {
-    fn out(&self) -> [usize; 2] {
-        let axis = |input: usize, pad: usize, dil: usize, kernel: usize, stride: usize| {
-            (input + 2 * pad - dil * (kernel - 1) - 1) / stride + 1
-        };
-        [
-            axis(self.h, self.pad[0], self.dil[0], self.r, self.stride[0]),
-            axis(self.w, self.pad[1], self.dil[1], self.s, self.stride[1]),
-        ]
-    }
-
-    fn flops(&self) -> f64 {
-        let [p, q] = self.out();
-        2.0 * (self.n * self.k * (self.c / self.groups) * self.r * self.s * p * q) as f64
-    }
-
     /// burn's options: `pad` is per axis, the same on both sides of it.
     fn options(&self) -> ConvOptions<2> {
         ConvOptions::new(self.stride, self.pad, self.dil, self.groups)
     }
-}
-
-fn load(path: &str) -> Vec<Layer> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let suite: serde_json::Value = serde_json::from_str(&text).expect("suite JSON");
-    let num = |l: &serde_json::Value, key: &str| l[key].as_u64().expect(key) as usize;
-    let pair = |l: &serde_json::Value, key: &str| {
-        let v = &l[key];
-        [
-            v[0].as_u64().expect(key) as usize,
-            v[1].as_u64().expect(key) as usize,
-        ]
-    };
-    suite["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| Layer {
-            name: l["name"].as_str().expect("name").to_string(),
-            n: num(l, "n"),
-            c: num(l, "c"),
-            h: num(l, "h"),
-            w: num(l, "w"),
-            k: num(l, "k"),
-            r: num(l, "r"),
-            s: num(l, "s"),
-            stride: pair(l, "stride"),
-            pad: pair(l, "pad"),
-            dil: pair(l, "dil"),
-            groups: num(l, "groups"),
-        })
-        .collect()
 }
 
 /// A call slower than this is not repeated: the pass is reported as an error.
@@ -234,28 +176,8 @@ fn prime_allocator() {
 
 fn main() {
     prime_allocator();
-    let mut args = std::env::args().skip(1);
-    let (mut suite, mut only) = ("benches/suite.json".to_string(), None::<Vec<String>>);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--suite" => suite = args.next().expect("--suite FILE"),
-            "--layers" => {
-                only = Some(
-                    args.next()
-                        .expect("--layers a,b")
-                        .split(',')
-                        .map(str::to_string)
-                        .collect(),
-                )
-            }
-            other => panic!("unknown argument {other}"),
-        }
-    }
     let threads = rayon::current_num_threads();
-    for layer in load(&suite) {
-        if only.as_ref().is_some_and(|o| !o.contains(&layer.name)) {
-            continue;
-        }
+    for layer in peer_suite::selected_layers() {
         run(&layer, threads);
     }
 }
