@@ -37,6 +37,10 @@ pub enum Slot {
     /// A pass's weights packed once for the GEMM ([`PrepackedA`](crate::blocked::PrepackedA)),
     /// held by the calling thread and read by all of its tasks.
     Weights = 3,
+    /// The finished result a task of an accumulating pass computes before adding it to
+    /// the caller's buffer (`conv::Write::into`; one image's or plane's input delta), held
+    /// around work that uses the other slots.
+    Delta = 4,
 }
 
 /// A lent scratch buffer of a fixed length. Its initial contents are unspecified (zeros
@@ -112,8 +116,9 @@ macro_rules! impl_thread_buffer {
                 f: impl FnOnce(&RefCell<AlignedBuf<Self>>) -> R,
             ) -> R {
                 thread_local! {
-                    static BUFFERS: [RefCell<AlignedBuf<$t>>; 4] =
+                    static BUFFERS: [RefCell<AlignedBuf<$t>>; 5] =
                         [
+                        RefCell::new(AVec::new(64)),
                         RefCell::new(AVec::new(64)),
                         RefCell::new(AVec::new(64)),
                         RefCell::new(AVec::new(64)),

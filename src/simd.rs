@@ -122,6 +122,19 @@ fn sum_body<T: crate::Element, const FMA: bool>(v: &[T]) -> T {
     lanes[0]
 }
 
+crate::dispatch! {
+    /// `dst[i] += src[i]` for every `i` (equal lengths), vectorized for the CPU's path.
+    pub(crate) fn add_assign<T: Element>(dst: &mut [T], src: &[T]) = add_assign_body;
+}
+
+#[inline(always)]
+fn add_assign_body<T: crate::Element, const FMA: bool>(dst: &mut [T], src: &[T]) {
+    assert_eq!(dst.len(), src.len());
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
 /// Defines `$name` as a safe function that runs the `#[inline(always)]` generic
 /// `$body::<T, FMA>` compiled for the selected [`Isa`] (`FMA` is true on the AVX2 and
 /// AVX-512 paths).

@@ -98,11 +98,16 @@ fn warm_calls_allocate_no_scratch() {
             let mut run = |pass: usize| match pass {
                 0 => conv.forward(&x, &wt, Some(&b), &mut y).unwrap(),
                 1 => conv.backward_data(&dy, &wt, &mut dx).unwrap(),
-                _ => conv
+                2 => conv
                     .backward_weights(&x, &dy, &mut dw, Some(&mut db))
                     .unwrap(),
+                // The accumulating forms (their delta chunk, the wide form's transpose).
+                3 => conv.backward_data_accumulate(&dy, &wt, &mut dx).unwrap(),
+                _ => conv
+                    .backward_weights_accumulate(&x, &dy, &mut dw, Some(&mut db))
+                    .unwrap(),
             };
-            for pass in 0..3 {
+            for pass in 0..5 {
                 // Warm up every thread's buffers (several calls: rayon may run a task on
                 // either thread).
                 for _ in 0..4 {

@@ -17,7 +17,7 @@
 
 use crate::parallel::*;
 
-use super::forward;
+use super::{Write, forward};
 use crate::activation::Activation;
 use crate::blocked::{
     PrepackedA, PrepackedB, StridedA, StridedB, gemm_packed, prepacked_b_len, prepacked_len,
@@ -27,7 +27,7 @@ use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
 use crate::im2col::{PaddedLayout, PlaneLayout, col2im, col2im_padded, merge_phases, unpad_planes};
 use crate::scratch::{Slot, take, take_from};
 use crate::shape::{Axis, Conv2dSpec, ConvGeometry};
-use crate::simd;
+use crate::simd::{self, add_assign};
 use crate::tiling::{PREPACKED_B_BYTES, tile_len, tiles};
 
 /// A single image's channels of one group are split into at most this many blocks.
@@ -126,20 +126,48 @@ fn prepacks_dy<T: Element>(geo: &ConvGeometry) -> bool {
         && len.saturating_mul(size_of::<T>()) <= PREPACKED_B_BYTES
 }
 
-pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
+pub(crate) fn backward_data<T: Element>(
+    geo: &ConvGeometry,
+    dy: &[T],
+    w: &[T],
+    dx: &mut [T],
+    write: Write,
+) {
+    let x_image = geo.in_channels * geo.in_plane;
+    let y_image = geo.out_channels * geo.out_plane;
     if let Some(t) = transposed(geo) {
         // Held by the calling thread while the forward's tasks hold their column buffers.
         let mut w_t = take_from::<T>(Slot::Partials, geo.w_len);
         flip_weights(geo, w, &mut w_t);
-        return forward::forward(&t, dy, &w_t, None, Activation::Identity, dx);
+        if write == Write::Overwrite {
+            return forward::forward(&t, dy, &w_t, None, Activation::Identity, dx);
+        }
+        // Accumulating: a few images at a time into scratch, then added. An image's
+        // forward has the same bits in any batch (`forward_per_image_bits_equal_the_batch`
+        // in tests/identities.rs), and the route was chosen above for the whole batch.
+        // One image per thread, but at least two: a single image takes the forward's
+        // slower single-image route (resnet_3x3_56, 1 thread: 0.84 of the overwriting
+        // call with one image at a time).
+        let images = threads().max(2).min(geo.batch);
+        let mut delta = take_from::<T>(Slot::Delta, images * x_image);
+        for (dx, dy) in dx
+            .chunks_mut(images * x_image)
+            .zip(dy.chunks(images * y_image))
+        {
+            let delta = &mut delta[..dx.len()];
+            let t = t.with_batch(dx.len() / x_image);
+            forward::forward(&t, dy, &w_t, None, Activation::Identity, delta);
+            dx.par_chunks_mut(x_image)
+                .zip(delta.par_chunks(x_image))
+                .for_each(|(dx, delta)| add_assign(dx, delta));
+        }
+        return;
     }
-    let x_image = geo.in_channels * geo.in_plane;
-    let y_image = geo.out_channels * geo.out_plane;
     let cg = geo.channels_per_group;
     let (tile, dcol_len) = tile_and_buffer(geo, size_of::<T>());
     let scratch_len = dcol_len + phased_len(geo);
     if geo.batch == 1 {
-        return single_image(geo, dy, w, dx, tile);
+        return single_image(geo, dy, w, dx, tile, write);
     }
     let leftover = forward::leftover_images(geo);
     if leftover > 0 {
@@ -149,13 +177,13 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
         let full = geo.batch - leftover;
         let (dy_full, dy_rest) = dy.split_at(full * y_image);
         let (dx_full, dx_rest) = dx.split_at_mut(full * x_image);
-        backward_data(&geo.with_batch(full), dy_full, w, dx_full);
+        backward_data(&geo.with_batch(full), dy_full, w, dx_full, write);
         let one = geo.with_batch(1);
         for (dy_n, dx_n) in dy_rest
             .chunks_exact(y_image)
             .zip(dx_rest.chunks_exact_mut(x_image))
         {
-            single_image(&one, dy_n, w, dx_n, tile);
+            single_image(&one, dy_n, w, dx_n, tile, write);
         }
         return;
     }
@@ -179,7 +207,9 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
                         packed_w: packed.as_ref(),
                         packed_dy: None,
                     };
-                    backward_data_block(geo, dy_n, operands, g, 0, dx_g, tile, scratch);
+                    write.into(dx_g, |dx_g| {
+                        backward_data_block(geo, dy_n, operands, g, 0, dx_g, tile, scratch)
+                    });
                 }
             },
         );
@@ -197,7 +227,14 @@ fn single_image_scratch_len(geo: &ConvGeometry, tile: usize) -> usize {
 
 /// One image (`geo.batch == 1`), its channels split into [`SINGLE_IMAGE_BLOCKS`] blocks
 /// per group that run in parallel, each over all output pixels in tiles of `tile`.
-fn single_image<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], dx: &mut [T], tile: usize) {
+fn single_image<T: Element>(
+    geo: &ConvGeometry,
+    dy: &[T],
+    w: &[T],
+    dx: &mut [T],
+    tile: usize,
+    write: Write,
+) {
     let cg = geo.channels_per_group;
     let block = channel_block(geo);
     let scratch_len = single_image_scratch_len(geo, tile);
@@ -224,7 +261,9 @@ fn single_image<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], dx: &mut [T],
                             packed_dy: packed_dy.as_ref(),
                         };
                         let c0 = b * block;
-                        backward_data_block(geo, dy, operands, g, c0, dx_block, tile, scratch);
+                        write.into(dx_block, |dx_block| {
+                            backward_data_block(geo, dy, operands, g, c0, dx_block, tile, scratch)
+                        });
                     },
                 );
         });

@@ -30,6 +30,7 @@
 //! Layers with few taps (`C·R·S ≤ 32`, stride 1) skip all this: their gradient is a few
 //! hundred dot products, computed directly by [`small_filter`](super::small_filter).
 
+use super::Write;
 use crate::blocked::transpose::{Strided, transpose};
 use crate::blocked::{StridedA, gemm_packed};
 use crate::element::Element;
@@ -170,6 +171,7 @@ pub(crate) fn backward_weights<T: Element>(
     dy: &[T],
     dw: &mut [T],
     db: Option<&mut [T]>,
+    write: Write,
 ) {
     let s = split(geo, size_of::<T>());
     let (cg, kg, taps) = (geo.channels_per_group, geo.filters_per_group, geo.taps);
@@ -328,6 +330,11 @@ pub(crate) fn backward_weights<T: Element>(
                 }
             });
         let isa = crate::simd::isa();
+        // Accumulating: each block transposed into scratch first, then added row by row.
+        let mut transposed = match write {
+            Write::Overwrite => None,
+            Write::Accumulate => Some(take::<T>(kg * s.block_channels * taps)),
+        };
         for block in 0..s.channel_blocks {
             let c0 = block * s.block_channels;
             let rows = s.block_channels.min(cg - c0) * taps;
@@ -335,7 +342,16 @@ pub(crate) fn backward_weights<T: Element>(
                 // dW[g·kg + k][c0·taps + j] = sum[g][j][k].
                 let src = &first[block * stride + g * kg * rows..][..kg * rows];
                 let dst = &mut dw[g * kg * row_len + c0 * taps..];
-                transpose(isa, src, Strided(kg), kg, rows, dst, row_len);
+                match transposed.as_deref_mut() {
+                    None => transpose(isa, src, Strided(kg), kg, rows, dst, row_len),
+                    Some(t) => {
+                        let t = &mut t[..kg * rows];
+                        transpose(isa, src, Strided(kg), kg, rows, t, rows);
+                        for (dst, t) in dst.chunks_mut(row_len).zip(t.chunks_exact(rows)) {
+                            write.put_all(&mut dst[..rows], t);
+                        }
+                    }
+                }
             }
         }
     } else {
@@ -347,17 +363,10 @@ pub(crate) fn backward_weights<T: Element>(
                     let c0 = block * s.block_channels;
                     let rows = s.block_channels.min(cg - c0) * taps;
                     let dst = &mut dw_row[c0 * taps..][..rows];
-                    for chunk in 0..s.image_chunks {
-                        let part = &partials[(chunk * s.channel_blocks + block) * stride..]
-                            [(g * kg + k) * rows..][..rows];
-                        if chunk == 0 {
-                            dst.copy_from_slice(part);
-                        } else {
-                            for (d, p) in dst.iter_mut().zip(part) {
-                                *d += *p;
-                            }
-                        }
-                    }
+                    write.sum_into(dst, s.image_chunks, |chunk| {
+                        &partials[(chunk * s.channel_blocks + block) * stride..]
+                            [(g * kg + k) * rows..][..rows]
+                    });
                 }
             });
     }
@@ -368,7 +377,7 @@ pub(crate) fn backward_weights<T: Element>(
                 sum += partials[chunk * s.channel_blocks * stride
                     + geo.groups * kg * s.block_channels.min(cg) * taps..][k];
             }
-            *out = sum;
+            write.put(out, sum);
         }
     }
 }
@@ -433,7 +442,14 @@ mod tests {
             .unwrap();
             let nan = T::from_f64(f64::NAN);
             let (mut got_w, mut got_b) = (vec![nan; geo.w_len], vec![nan; k]);
-            backward_weights(&geo, &x, &dy, &mut got_w, Some(&mut got_b));
+            backward_weights(
+                &geo,
+                &x,
+                &dy,
+                &mut got_w,
+                Some(&mut got_b),
+                Write::Overwrite,
+            );
             assert!(got_w == want_w, "{spec:?}: dW differs");
             assert!(got_b == want_b, "{spec:?}: db differs");
         }

@@ -20,7 +20,9 @@ use crate::activation::Activation;
 use crate::depthwise;
 use crate::element::Element;
 use crate::error::ConvError;
+use crate::scratch::{Slot, take_from};
 use crate::shape::{Conv2dSpec, ConvGeometry};
+use crate::simd::add_assign;
 
 /// One of the three passes of a convolution layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,6 +33,122 @@ pub enum Pass {
     BackwardData,
     /// [`Conv2d::backward_weights`].
     BackwardWeights,
+}
+
+/// How a gradient pass stores its result: over the caller's buffer, or added to it.
+///
+/// `Accumulate` adds the finished gradient `g` of each element to the value already there,
+/// `d = d + g`, with `g` computed exactly as for `Overwrite`: the bits are those of an
+/// overwriting call into a spare buffer followed by an element-wise add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// `d = g`.
+    Overwrite,
+    /// `d = d + g`.
+    Accumulate,
+}
+
+/// Elements an accumulating call reduces at a time on the stack (see [`Write::sum_into`]).
+const SUM_BLOCK: usize = 64;
+
+impl Write {
+    /// Stores the finished gradient `g` of one element into `d`.
+    #[inline(always)]
+    pub(crate) fn put<T: Element>(self, d: &mut T, g: T) {
+        *d = match self {
+            Write::Overwrite => g,
+            Write::Accumulate => *d + g,
+        };
+    }
+
+    /// Stores `g` element by element into `dst` (equal lengths).
+    pub(crate) fn put_all<T: Element>(self, dst: &mut [T], g: &[T]) {
+        debug_assert_eq!(dst.len(), g.len());
+        match self {
+            Write::Overwrite => dst.copy_from_slice(g),
+            Write::Accumulate => add_assign(dst, g),
+        }
+    }
+
+    /// Runs `compute` on a buffer of `dst.len()` elements that it overwrites with the
+    /// finished result `g`, and stores `g` into `dst`: overwriting hands it `dst` itself;
+    /// accumulating, a scratch buffer this thread keeps ([`Slot::Delta`]), added to `dst`
+    /// right after, while it is still in cache.
+    pub(crate) fn into<T: Element>(self, dst: &mut [T], compute: impl FnOnce(&mut [T])) {
+        match self {
+            Write::Overwrite => compute(dst),
+            Write::Accumulate => {
+                if size_of_val(dst) <= PREFETCH_BYTES {
+                    prefetch(dst);
+                }
+                let mut g = take_from::<T>(Slot::Delta, dst.len());
+                compute(&mut g);
+                add_assign(dst, &g);
+            }
+        }
+    }
+
+    /// Stores into `dst` the fixed-order sum `part(0) + part(1) + … + part(count − 1)`
+    /// (element-wise, left to right; each part at least `dst.len()` long, `count ≥ 1`).
+    ///
+    /// Overwriting sums in place in `dst`; accumulating sums blocks of [`SUM_BLOCK`]
+    /// elements on the stack first, so each element's sum has the same bits either way.
+    pub(crate) fn sum_into<'a, T: Element + 'a>(
+        self,
+        dst: &mut [T],
+        count: usize,
+        part: impl Fn(usize) -> &'a [T],
+    ) {
+        match self {
+            Write::Overwrite => {
+                dst.copy_from_slice(&part(0)[..dst.len()]);
+                for c in 1..count {
+                    for (d, &p) in dst.iter_mut().zip(part(c)) {
+                        *d += p;
+                    }
+                }
+            }
+            Write::Accumulate => {
+                let mut acc = [T::ZERO; SUM_BLOCK];
+                for (i, dst) in dst.chunks_mut(SUM_BLOCK).enumerate() {
+                    let acc = &mut acc[..dst.len()];
+                    acc.copy_from_slice(&part(0)[i * SUM_BLOCK..][..dst.len()]);
+                    for c in 1..count {
+                        for (a, &p) in acc.iter_mut().zip(&part(c)[i * SUM_BLOCK..]) {
+                            *a += p;
+                        }
+                    }
+                    for (d, &a) in dst.iter_mut().zip(&*acc) {
+                        *d += a;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Largest result [`Write::into`] prefetches before computing it: a few planes' worth,
+/// well inside L1. A short result is added back right after it is computed, and the
+/// loads of `dst` would otherwise wait on memory at the start of every run (the hardware
+/// prefetcher needs a longer stream); a larger one streams. The depthwise input delta's
+/// general path, 28 × 28 planes: the add measured 1.10× faster with the prefetch.
+const PREFETCH_BYTES: usize = 16 << 10;
+
+/// Starts fetching `v` into the cache, up to [`PREFETCH_BYTES`] of it.
+#[inline]
+pub(crate) fn prefetch<T>(v: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let start = v.as_ptr().cast::<i8>();
+        for offset in (0..size_of_val(v).min(PREFETCH_BYTES)).step_by(64) {
+            // SAFETY: SSE is part of x86-64; a prefetch only hints at an address (in
+            // bounds here) and never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
 }
 
 /// The scratch memory one call of a pass allocates (see [`Conv2d::workspace`]).
@@ -270,12 +388,48 @@ impl Conv2d {
         w: &[T],
         dx: &mut [T],
     ) -> Result<(), ConvError> {
+        self.input_delta(dy, w, dx, Write::Overwrite)
+    }
+
+    /// Input delta, added to `dx`: `dx += col2im(Wᵀ · dy)`.
+    ///
+    /// For a layer whose input feeds several branches (a residual connection, a layer
+    /// shared across time steps): each branch adds its delta into one buffer. Shapes as
+    /// [`Conv2d::backward_data`]. Each element of `dx` becomes `dx + g`, where `g` has the
+    /// bits `backward_data` would write: the same as calling it into a spare buffer and
+    /// adding, without that buffer. Each task computes its part of the delta (one image,
+    /// a channel block of one, or a plane) into a scratch buffer its thread keeps, and
+    /// adds it to `dx` while it is still in cache; where the input delta runs as a
+    /// transposed forward (stride 1, at least 16 channels per group), the calling thread
+    /// keeps one for `max(2, threads)` images instead. So the memory beyond
+    /// [`Conv2d::workspace`] is at most one image's `dx` per thread, or that many images.
+    /// It costs 0–8 % over `backward_data` on the suite's GEMM layers, 10 % on the
+    /// depthwise one (reading the old `dx` is most of it; BENCHMARKS.md).
+    ///
+    /// # Errors
+    /// [`ConvError::BufferLength`] if a buffer has the wrong length; `dx` is then unchanged.
+    pub fn backward_data_accumulate<T: Element>(
+        &self,
+        dy: &[T],
+        w: &[T],
+        dx: &mut [T],
+    ) -> Result<(), ConvError> {
+        self.input_delta(dy, w, dx, Write::Accumulate)
+    }
+
+    fn input_delta<T: Element>(
+        &self,
+        dy: &[T],
+        w: &[T],
+        dx: &mut [T],
+        write: Write,
+    ) -> Result<(), ConvError> {
         self.geo.check_y("dy", dy.len())?;
         self.geo.check_w("w", w.len())?;
         self.geo.check_x("dx", dx.len())?;
         match self.algorithm {
-            Algorithm::Gemm => backward_data::backward_data(&self.geo, dy, w, dx),
-            Algorithm::Depthwise => depthwise::backward_data(&self.geo, dy, w, dx),
+            Algorithm::Gemm => backward_data::backward_data(&self.geo, dy, w, dx, write),
+            Algorithm::Depthwise => depthwise::backward_data(&self.geo, dy, w, dx, write),
         }
         Ok(())
     }
@@ -296,18 +450,55 @@ impl Conv2d {
         dw: &mut [T],
         db: Option<&mut [T]>,
     ) -> Result<(), ConvError> {
+        self.weight_gradient(x, dy, dw, db, Write::Overwrite)
+    }
+
+    /// Weight gradient, added to `dw` (and `db`): `dw += Σ_n dy · im2col(x)ᵀ`,
+    /// `db += Σ_{n,p,q} dy`.
+    ///
+    /// For gradient accumulation: several batches (micro-batches of one large batch, or
+    /// the time steps of a shared layer) add into one gradient before the optimizer step.
+    /// Shapes as [`Conv2d::backward_weights`]. Each element becomes `dw + g`, where `g`
+    /// has the bits `backward_weights` would write: the same as calling it into a spare
+    /// buffer and adding, without that buffer or the extra pass: the add happens where
+    /// the pass writes its final sums (where that write is a transpose, through one
+    /// `dw`-sized scratch buffer the calling thread keeps). Same speed as
+    /// `backward_weights` on the suite (0.98–1.01, BENCHMARKS.md).
+    ///
+    /// # Errors
+    /// [`ConvError::BufferLength`] if a buffer has the wrong length; `dw` and `db` are then
+    /// unchanged.
+    pub fn backward_weights_accumulate<T: Element>(
+        &self,
+        x: &[T],
+        dy: &[T],
+        dw: &mut [T],
+        db: Option<&mut [T]>,
+    ) -> Result<(), ConvError> {
+        self.weight_gradient(x, dy, dw, db, Write::Accumulate)
+    }
+
+    fn weight_gradient<T: Element>(
+        &self,
+        x: &[T],
+        dy: &[T],
+        dw: &mut [T],
+        db: Option<&mut [T]>,
+        write: Write,
+    ) -> Result<(), ConvError> {
         self.geo.check_x("x", x.len())?;
         self.geo.check_y("dy", dy.len())?;
         self.geo.check_w("dw", dw.len())?;
         if let Some(b) = &db {
             self.geo.check_bias("db", b.len())?;
         }
+        let geo = &self.geo;
         match self.algorithm {
-            Algorithm::Gemm if small_filter::applies(&self.geo, size_of::<T>()) => {
-                small_filter::backward_weights(&self.geo, x, dy, dw, db)
+            Algorithm::Gemm if small_filter::applies(geo, size_of::<T>()) => {
+                small_filter::backward_weights(geo, x, dy, dw, db, write)
             }
-            Algorithm::Gemm => backward_weights::backward_weights(&self.geo, x, dy, dw, db),
-            Algorithm::Depthwise => depthwise::backward_weights(&self.geo, x, dy, dw, db),
+            Algorithm::Gemm => backward_weights::backward_weights(geo, x, dy, dw, db, write),
+            Algorithm::Depthwise => depthwise::backward_weights(geo, x, dy, dw, db, write),
         }
         Ok(())
     }

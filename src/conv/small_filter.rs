@@ -22,6 +22,7 @@
 //! chunks' results are added in chunk order. The order of every sum depends only on the
 //! shapes, so results do not depend on the thread count.
 
+use super::Write;
 use crate::element::Element;
 use crate::im2col::{PaddedLayout, pad_planes};
 use crate::parallel::*;
@@ -135,6 +136,7 @@ pub(crate) fn backward_weights<T: Element>(
     dy: &[T],
     dw: &mut [T],
     db: Option<&mut [T]>,
+    write: Write,
 ) {
     let layout = PaddedLayout::with_row_phases(geo).expect("applies() checked the padding");
     let (k_count, taps) = (geo.out_channels, geo.col_rows);
@@ -211,7 +213,7 @@ pub(crate) fn backward_weights<T: Element>(
         for chunk in 1..chunk_count {
             acc += partials[chunk * stride + i];
         }
-        *d = acc;
+        write.put(d, acc);
     }
     if let Some(db) = db {
         for (k, d) in db.iter_mut().enumerate() {
@@ -219,7 +221,7 @@ pub(crate) fn backward_weights<T: Element>(
             for chunk in 1..chunk_count {
                 acc += partials[chunk * stride + geo.w_len + k];
             }
-            *d = acc;
+            write.put(d, acc);
         }
     }
 }

@@ -33,6 +33,7 @@ pub use rows3::Rows3;
 use rows3::Rows3Layer;
 
 use crate::activation::{Activation, apply_in_place};
+use crate::conv::Write;
 use crate::element::Element;
 use crate::parallel::*;
 use crate::scratch::{Scratch, take};
@@ -218,7 +219,7 @@ pub(crate) fn forward<T: Element>(
                 let w_k = &w[k * geo.taps..][..geo.taps];
                 let b = bias.map_or(T::ZERO, |b| b[k]);
                 if let Some(layer) = &rows3
-                    && T::rows3(layer, x_plane, w_k, b, y_plane)
+                    && T::rows3(layer, x_plane, w_k, b, y_plane, false)
                 {
                     apply_in_place(act, y_plane);
                     return;
@@ -248,9 +249,16 @@ pub(crate) fn forward<T: Element>(
         );
 }
 
-pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
+/// Input delta, plane by plane; `write` stores each finished plane (see [`Write::into`]).
+pub(crate) fn backward_data<T: Element>(
+    geo: &ConvGeometry,
+    dy: &[T],
+    w: &[T],
+    dx: &mut [T],
+    write: Write,
+) {
     if !unit_stride(geo) {
-        return backward_data_scatter(geo, dy, w, dx);
+        return backward_data_scatter(geo, dy, w, dx, write);
     }
     // dx[ih][iw] = Σ_{r,s} w[r][s] · dy[ih + pad_h − r·dil_h][iw + pad_w − s·dil_w].
     // With dy shifted by ((R−1)·dil_h − pad_h, (S−1)·dil_w − pad_w) into a zeroed plane of
@@ -280,7 +288,12 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
                 for (f, &v) in flipped.iter_mut().zip(w[k * 9..][..9].iter().rev()) {
                     *f = v;
                 }
-                let done = T::rows3(&layer, dy_plane, &flipped, T::ZERO, dx_plane);
+                // Accumulating, the kernel adds its finished sums to dx itself.
+                let accumulate = write == Write::Accumulate;
+                if accumulate {
+                    crate::conv::prefetch(dx_plane);
+                }
+                let done = T::rows3(&layer, dy_plane, &flipped, T::ZERO, dx_plane, accumulate);
                 debug_assert!(done, "rows3_available said yes");
             });
         return;
@@ -293,69 +306,81 @@ pub(crate) fn backward_data<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], d
             |planes, (plane, dx_plane)| {
                 let (n, c) = (plane / geo.in_channels, plane % geo.in_channels);
                 let (shifted, flat) = planes.get().split_at_mut(hq * wq);
-                for m in 0..multiplier {
-                    let k = c * multiplier + m;
-                    let dy_plane =
-                        &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
-                    place(dy_plane, geo.w.output, shifted, wq, shift_h, shift_w);
-                    correlate_flat(
-                        shifted,
-                        &flipped,
-                        &w[k * geo.taps..][..geo.taps],
-                        T::ZERO,
-                        flat,
-                    );
-                    for (ih, row) in dx_plane.chunks_exact_mut(geo.w.input).enumerate() {
-                        let src = &flat[ih * wq..][..geo.w.input];
-                        if m == 0 {
-                            row.copy_from_slice(src);
-                        } else {
-                            for (d, s) in row.iter_mut().zip(src) {
-                                *d += *s;
+                write.into(dx_plane, |dx_plane| {
+                    for m in 0..multiplier {
+                        let k = c * multiplier + m;
+                        let dy_plane =
+                            &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
+                        place(dy_plane, geo.w.output, shifted, wq, shift_h, shift_w);
+                        correlate_flat(
+                            shifted,
+                            &flipped,
+                            &w[k * geo.taps..][..geo.taps],
+                            T::ZERO,
+                            flat,
+                        );
+                        for (ih, row) in dx_plane.chunks_exact_mut(geo.w.input).enumerate() {
+                            let src = &flat[ih * wq..][..geo.w.input];
+                            if m == 0 {
+                                row.copy_from_slice(src);
+                            } else {
+                                for (d, s) in row.iter_mut().zip(src) {
+                                    *d += *s;
+                                }
                             }
                         }
                     }
-                }
+                });
             },
         );
 }
 
 /// Input delta for strided layers: the adjoint scatter, one `axpy` per (output row, tap).
-fn backward_data_scatter<T: Element>(geo: &ConvGeometry, dy: &[T], w: &[T], dx: &mut [T]) {
+fn backward_data_scatter<T: Element>(
+    geo: &ConvGeometry,
+    dy: &[T],
+    w: &[T],
+    dx: &mut [T],
+    write: Write,
+) {
     let multiplier = geo.filters_per_group;
     let (ha, wa) = (&geo.h, &geo.w);
     dx.par_chunks_exact_mut(geo.in_plane)
         .enumerate()
         .for_each(|(plane, dx_plane)| {
-            let (n, c) = (plane / geo.in_channels, plane % geo.in_channels);
-            dx_plane.fill(T::ZERO);
-            for m in 0..multiplier {
-                let k = c * multiplier + m;
-                let dy_plane = &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
-                let w_k = &w[k * geo.taps..][..geo.taps];
-                for (oh, dy_row) in dy_plane.chunks_exact(wa.output).enumerate() {
-                    for r in 0..ha.kernel {
-                        let (lo, hi) = ha.valid_outputs(r);
-                        if oh < lo || oh >= hi {
-                            continue;
-                        }
-                        let dx_row = &mut dx_plane[ha.input_index(oh, r) * wa.input..][..wa.input];
-                        for (s, &wv) in w_k[r * wa.kernel..][..wa.kernel].iter().enumerate() {
-                            let (a, b) = wa.valid_outputs(s);
-                            if a < b {
-                                let start = wa.input_index(a, s);
-                                for (d, &v) in dx_row[start..]
-                                    .iter_mut()
-                                    .step_by(wa.stride)
-                                    .zip(&dy_row[a..b])
-                                {
-                                    *d += wv * v;
+            write.into(dx_plane, |dx_plane| {
+                let (n, c) = (plane / geo.in_channels, plane % geo.in_channels);
+                dx_plane.fill(T::ZERO);
+                for m in 0..multiplier {
+                    let k = c * multiplier + m;
+                    let dy_plane =
+                        &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
+                    let w_k = &w[k * geo.taps..][..geo.taps];
+                    for (oh, dy_row) in dy_plane.chunks_exact(wa.output).enumerate() {
+                        for r in 0..ha.kernel {
+                            let (lo, hi) = ha.valid_outputs(r);
+                            if oh < lo || oh >= hi {
+                                continue;
+                            }
+                            let dx_row =
+                                &mut dx_plane[ha.input_index(oh, r) * wa.input..][..wa.input];
+                            for (s, &wv) in w_k[r * wa.kernel..][..wa.kernel].iter().enumerate() {
+                                let (a, b) = wa.valid_outputs(s);
+                                if a < b {
+                                    let start = wa.input_index(a, s);
+                                    for (d, &v) in dx_row[start..]
+                                        .iter_mut()
+                                        .step_by(wa.stride)
+                                        .zip(&dy_row[a..b])
+                                    {
+                                        *d += wv * v;
+                                    }
                                 }
                             }
                         }
                     }
                 }
-            }
+            })
         });
 }
 
@@ -370,6 +395,7 @@ pub(crate) fn backward_weights<T: Element>(
     dy: &[T],
     dw: &mut [T],
     db: Option<&mut [T]>,
+    write: Write,
 ) {
     let init = || Planes::<T>::new(scratch_len(geo, crate::Pass::BackwardWeights));
     let block = geo.taps * FILTER_BLOCK;
@@ -379,13 +405,13 @@ pub(crate) fn backward_weights<T: Element>(
             .zip(db.par_chunks_mut(FILTER_BLOCK))
             .enumerate()
             .for_each_init(init, |planes, (i, (dw, db))| {
-                weight_gradient_block(geo, x, dy, i * FILTER_BLOCK, planes, dw, Some(db));
+                weight_gradient_block(geo, x, dy, i * FILTER_BLOCK, planes, dw, Some(db), write);
             }),
         None => dw
             .par_chunks_mut(block)
             .enumerate()
             .for_each_init(init, |planes, (i, dw)| {
-                weight_gradient_block(geo, x, dy, i * FILTER_BLOCK, planes, dw, None);
+                weight_gradient_block(geo, x, dy, i * FILTER_BLOCK, planes, dw, None, write);
             }),
     }
 }
@@ -393,6 +419,8 @@ pub(crate) fn backward_weights<T: Element>(
 /// The weight (and bias) gradient of the filters `first..first + dw.len() / taps`: for
 /// each image, for each filter, one pass over its planes. Each filter's sums run over the
 /// images in order, whatever the blocks, so the bits do not depend on the thread count.
+/// The sums are finished in scratch and stored into `dw` and `db` once, by `write`.
+#[allow(clippy::too_many_arguments)]
 fn weight_gradient_block<T: Element>(
     geo: &ConvGeometry,
     x: &[T],
@@ -401,6 +429,7 @@ fn weight_gradient_block<T: Element>(
     planes: &mut Planes<T>,
     dw: &mut [T],
     mut db: Option<&mut [T]>,
+    write: Write,
 ) {
     let (hp, wp) = padded_dims(geo);
     let q = geo.w.output;
@@ -421,12 +450,6 @@ fn weight_gradient_block<T: Element>(
     let (dy_flat, lanes) = rest.split_at_mut(flat_len);
     let lanes = &mut lanes[..filters * (geo.taps + 1) * LANES];
     lanes.fill(T::ZERO);
-    if let Some(db) = db.as_deref_mut() {
-        db.fill(T::ZERO);
-    }
-    if !unit_stride(geo) {
-        dw.fill(T::ZERO);
-    }
     let rows3 = Rows3Layer::of(geo).filter(|_| rows3::available());
     for n in 0..geo.batch {
         for (f, lanes) in lanes.chunks_exact_mut((geo.taps + 1) * LANES).enumerate() {
@@ -453,6 +476,9 @@ fn weight_gradient_block<T: Element>(
                 place(dy_plane(n, k), q, dy_flat, wp, 0, 0);
                 dot_flat(dy_flat, padded, &offsets, tap_lanes, bias_lanes);
             } else {
+                // Strided: running totals per tap and for the bias, over the images in
+                // order, in the first `taps + 1` of the filter's (otherwise unused) lanes.
+                let (tap_totals, bias_total) = lanes.split_at_mut(geo.taps);
                 dot_strided(
                     dy_plane(n, k),
                     q,
@@ -460,25 +486,28 @@ fn weight_gradient_block<T: Element>(
                     wp,
                     [geo.h.stride, geo.w.stride],
                     &offsets,
-                    &mut dw[f * geo.taps..][..geo.taps],
+                    tap_totals,
                 );
-                if let Some(db) = db.as_deref_mut() {
-                    db[f] += crate::simd::sum(dy_plane(n, k));
+                if db.is_some() {
+                    bias_total[0] += crate::simd::sum(dy_plane(n, k));
                 }
             }
         }
     }
-    if unit_stride(geo) {
-        for (f, lanes) in lanes.chunks_exact((geo.taps + 1) * LANES).enumerate() {
+    for (f, lanes) in lanes.chunks_exact((geo.taps + 1) * LANES).enumerate() {
+        let dw_f = &mut dw[f * geo.taps..][..geo.taps];
+        if unit_stride(geo) {
             let (tap_lanes, bias_lanes) = lanes.split_at(geo.taps * LANES);
-            for (d, l) in dw[f * geo.taps..][..geo.taps]
-                .iter_mut()
-                .zip(tap_lanes.chunks_exact(LANES))
-            {
-                *d = crate::simd::sum(l);
+            for (d, l) in dw_f.iter_mut().zip(tap_lanes.chunks_exact(LANES)) {
+                write.put(d, crate::simd::sum(l));
             }
             if let Some(db) = db.as_deref_mut() {
-                db[f] = crate::simd::sum(bias_lanes);
+                write.put(&mut db[f], crate::simd::sum(bias_lanes));
+            }
+        } else {
+            write.put_all(dw_f, &lanes[..geo.taps]);
+            if let Some(db) = db.as_deref_mut() {
+                write.put(&mut db[f], lanes[geo.taps]);
             }
         }
     }

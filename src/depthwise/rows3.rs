@@ -23,14 +23,17 @@ use crate::shape::ConvGeometry;
 pub trait Rows3: Sized {
     /// `out[p][q] = init + Σ_{r,s} weights[3·r + s] · xpad[p + r][q + s]` over the
     /// zero-padded input plane `xpad` (`x` is one `H × W` input plane, `out` one `P × Q`
-    /// output plane, `weights` one filter's 3 × 3 taps). Returns `false`, having written
-    /// nothing, where the CPU has no AVX-512: the caller then takes the general path.
+    /// output plane, `weights` one filter's 3 × 3 taps); with `accumulate`, that sum is
+    /// added to `out` instead (`out = out + sum`, one rounding more). Returns `false`,
+    /// having written nothing, where the CPU has no AVX-512: the caller then takes the
+    /// general path.
     fn rows3(
         layer: &Rows3Layer,
         x: &[Self],
         weights: &[Self],
         init: Self,
         out: &mut [Self],
+        accumulate: bool,
     ) -> bool;
 
     /// Adds one image's weight (and bias) gradient of one filter to `sums`:
@@ -126,7 +129,14 @@ macro_rules! rows3_kernel {
         /// The CPU must support AVX-512F. The slices are checked here.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
-        unsafe fn $name(layer: &Rows3Layer, x: &[$t], weights: &[$t], init: $t, out: &mut [$t]) {
+        unsafe fn $name(
+            layer: &Rows3Layer,
+            x: &[$t],
+            weights: &[$t],
+            init: $t,
+            out: &mut [$t],
+            accumulate: bool,
+        ) {
             use std::arch::x86_64::*;
             const L: usize = $lanes;
             let Rows3Layer { h, w, p, q, .. } = *layer;
@@ -175,15 +185,17 @@ macro_rules! rows3_kernel {
                         }
                     }
                     for (b, acc) in acc.iter().enumerate().take(p - oh) {
-                        // SAFETY: AVX-512F is enabled. The store's enabled lanes are
-                        // columns `col + i < q` (the mask) of output row `oh + b < p`:
-                        // inside `out` (`p·q` elements, asserted).
+                        let at = out.as_mut_ptr().wrapping_add((oh + b) * q + col);
+                        // SAFETY: AVX-512F is enabled. The load's and the store's enabled
+                        // lanes are columns `col + i < q` (the mask) of output row
+                        // `oh + b < p`: inside `out` (`p·q` elements, asserted).
                         unsafe {
-                            $store(
-                                out.as_mut_ptr().wrapping_add((oh + b) * q + col),
-                                out_mask,
-                                *acc,
-                            )
+                            let sum = if accumulate {
+                                $add($load(out_mask, at), *acc)
+                            } else {
+                                *acc
+                            };
+                            $store(at, out_mask, sum)
                         };
                     }
                 }
@@ -265,14 +277,15 @@ macro_rules! rows3_kernel {
                 weights: &[$t],
                 init: $t,
                 out: &mut [$t],
+                accumulate: bool,
             ) -> bool {
                 #[cfg(target_arch = "x86_64")]
                 if crate::simd::isa() == crate::simd::Isa::Avx512 {
                     // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
-                    unsafe { $name(layer, x, weights, init, out) };
+                    unsafe { $name(layer, x, weights, init, out, accumulate) };
                     return true;
                 }
-                let _ = (layer, x, weights, init, out);
+                let _ = (layer, x, weights, init, out, accumulate);
                 false
             }
 
@@ -392,7 +405,7 @@ mod equal_to_general_path {
             let weights: Vec<f32> = (0..9).map(|_| next()).collect();
             let init = next();
             let mut fast = vec![f32::NAN; geo.out_plane];
-            if !f32::rows3(&layer, &x, &weights, init, &mut fast) {
+            if !f32::rows3(&layer, &x, &weights, init, &mut fast, false) {
                 return;
             }
             let (hp, wp) = (h + 2 * pad, w + 2 * pad);
