@@ -21,7 +21,8 @@
 //!
 //! The functions that return new arrays ([`conv2d`], [`conv2d_backward_data`],
 //! [`conv2d_backward_weights`]) allocate them; the `*_into` forms write into views the
-//! caller owns, e.g. one slice of a larger buffer.
+//! caller owns, e.g. one slice of a larger buffer, and the `*_accumulate` forms add the
+//! gradients to such views (gradient accumulation, branches that share an input).
 //!
 //! ```
 //! use convgemm::Conv2dSpec;
@@ -189,6 +190,39 @@ pub fn conv2d_backward_weights_into<T: Element>(
     backward_weights(&Conv2d::new(*spec)?, x, dy, dw, db)
 }
 
+/// Input delta added to a caller's array: `dx += col2im(Wᵀ · dy)`
+/// ([`Conv2d::backward_data_accumulate`]: each element becomes `dx + g`, with `g` the bits
+/// [`conv2d_backward_data`] gives). Shapes as [`conv2d_backward_data_into`]; on an error
+/// `dx` is left untouched.
+///
+/// # Errors
+/// As [`conv2d`], `dx` included.
+pub fn conv2d_backward_data_accumulate<T: Element>(
+    dy: &ArrayView4<'_, T>,
+    w: &ArrayView4<'_, T>,
+    spec: &Conv2dSpec,
+    dx: ArrayViewMut4<'_, T>,
+) -> Result<(), ConvError> {
+    backward_data_with(&Conv2d::new(*spec)?, dy, w, dx, true)
+}
+
+/// Weight gradient added to a caller's arrays: `dw += Σ_n dy · im2col(x)ᵀ` and, if `db`
+/// is given, `db += Σ_{n,p,q} dy` ([`Conv2d::backward_weights_accumulate`], for gradient
+/// accumulation over micro-batches). Shapes as [`conv2d_backward_weights_into`]; on an
+/// error neither array is touched.
+///
+/// # Errors
+/// As [`conv2d`], `dw` and `db` included.
+pub fn conv2d_backward_weights_accumulate<T: Element>(
+    x: &ArrayView4<'_, T>,
+    dy: &ArrayView4<'_, T>,
+    spec: &Conv2dSpec,
+    dw: ArrayViewMut4<'_, T>,
+    db: Option<ArrayViewMut1<'_, T>>,
+) -> Result<(), ConvError> {
+    backward_weights_with(&Conv2d::new(*spec)?, x, dy, dw, db, true)
+}
+
 fn forward<T: Element>(
     conv: &Conv2d,
     x: &ArrayView4<'_, T>,
@@ -211,20 +245,45 @@ fn backward_data<T: Element>(
     conv: &Conv2d,
     dy: &ArrayView4<'_, T>,
     w: &ArrayView4<'_, T>,
+    dx: ArrayViewMut4<'_, T>,
+) -> Result<(), ConvError> {
+    backward_data_with(conv, dy, w, dx, false)
+}
+
+fn backward_data_with<T: Element>(
+    conv: &Conv2d,
+    dy: &ArrayView4<'_, T>,
+    w: &ArrayView4<'_, T>,
     mut dx: ArrayViewMut4<'_, T>,
+    accumulate: bool,
 ) -> Result<(), ConvError> {
     let dy = as_slice("dy", dy, &conv.output_dims(), OUTPUT_AXES)?;
     let w = as_slice("w", w, &conv.weight_dims(), WEIGHT_AXES)?;
     let dx = as_slice_mut("dx", &mut dx, &conv.input_dims(), INPUT_AXES)?;
-    conv.backward_data(dy, w, dx)
+    if accumulate {
+        conv.backward_data_accumulate(dy, w, dx)
+    } else {
+        conv.backward_data(dy, w, dx)
+    }
 }
 
 fn backward_weights<T: Element>(
     conv: &Conv2d,
     x: &ArrayView4<'_, T>,
     dy: &ArrayView4<'_, T>,
+    dw: ArrayViewMut4<'_, T>,
+    db: Option<ArrayViewMut1<'_, T>>,
+) -> Result<(), ConvError> {
+    backward_weights_with(conv, x, dy, dw, db, false)
+}
+
+fn backward_weights_with<T: Element>(
+    conv: &Conv2d,
+    x: &ArrayView4<'_, T>,
+    dy: &ArrayView4<'_, T>,
     mut dw: ArrayViewMut4<'_, T>,
     mut db: Option<ArrayViewMut1<'_, T>>,
+    accumulate: bool,
 ) -> Result<(), ConvError> {
     let k = conv.output_dims()[1];
     let x = as_slice("x", x, &conv.input_dims(), INPUT_AXES)?;
@@ -234,7 +293,11 @@ fn backward_weights<T: Element>(
         Some(b) => Some(as_slice_mut("db", b, &[k], BIAS_AXES)?),
         None => None,
     };
-    conv.backward_weights(x, dy, dw, db)
+    if accumulate {
+        conv.backward_weights_accumulate(x, dy, dw, db)
+    } else {
+        conv.backward_weights(x, dy, dw, db)
+    }
 }
 
 /// Checks the shape, then borrows the elements of a standard-layout array as a slice.
@@ -364,6 +427,37 @@ mod tests {
     #[test]
     fn bit_identical_to_the_slice_api_f64() {
         matches_slice_api::<f64>();
+    }
+
+    /// The accumulating forms add exactly the overwriting results (small integers: exact).
+    #[test]
+    fn accumulate_forms_add_the_gradients() {
+        let spec = spec();
+        let conv = Conv2d::new(spec).unwrap();
+        let x = ints::<f32>(conv.input_dims(), 1);
+        let w = ints::<f32>(conv.weight_dims(), 2);
+        let dy = ints::<f32>(conv.output_dims(), 3);
+        let dx = conv2d_backward_data(&dy.view(), &w.view(), &spec).unwrap();
+        let (dw, db) = conv2d_backward_weights(&x.view(), &dy.view(), &spec, true).unwrap();
+        let db = db.unwrap();
+
+        let mut dx_acc = ints::<f32>(conv.input_dims(), 4);
+        let dx_want = &dx_acc + &dx;
+        conv2d_backward_data_accumulate(&dy.view(), &w.view(), &spec, dx_acc.view_mut()).unwrap();
+        assert_eq!(dx_acc, dx_want);
+
+        let mut dw_acc = ints::<f32>(conv.weight_dims(), 5);
+        let mut db_acc = Array1::from_shape_fn(6, |k| k as f32 - 2.0);
+        let (dw_want, db_want) = (&dw_acc + &dw, &db_acc + &db);
+        conv2d_backward_weights_accumulate(
+            &x.view(),
+            &dy.view(),
+            &spec,
+            dw_acc.view_mut(),
+            Some(db_acc.view_mut()),
+        )
+        .unwrap();
+        assert_eq!((dw_acc, db_acc), (dw_want, db_want));
     }
 
     #[test]
