@@ -19,6 +19,9 @@ options:
   --passes p,q          among fwd,bwd_data,bwd_weight (default: all three)
   --json                one JSON line per measurement on stdout
   --f64                 time f64 instead of f32 (JSON impl \"convgemm_f64\")
+  --accumulate          time the accumulating backward passes (backward_data_accumulate,
+                        backward_weights_accumulate; JSON impl \"convgemm_acc\",
+                        \"convgemm_f64_acc\")
   --min-reps N          timed runs per measurement, at least 7 (default 9)
   --target-s SECS       keep sampling (up to 40 runs) until this much time (default 0.4)
   --max-wait SECS       before each measurement, wait up to SECS for other processes
@@ -45,6 +48,8 @@ pub struct Args {
     pub json: bool,
     /// Time `f64` instead of `f32`.
     pub f64: bool,
+    /// Time the accumulating forms of the backward passes.
+    pub accumulate: bool,
     /// Minimum number of timed runs.
     pub min_reps: usize,
     /// Minimum total sampling time, seconds.
@@ -75,6 +80,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         passes: PassKind::ALL.to_vec(),
         json: false,
         f64: false,
+        accumulate: false,
         min_reps: 9,
         target_s: 0.4,
         max_wait_s: 0.0,
@@ -98,6 +104,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             }
             "--json" => out.json = true,
             "--f64" => out.f64 = true,
+            "--accumulate" => out.accumulate = true,
             "--min-reps" => {
                 out.min_reps = positive(&flag, &value()?)?;
                 if out.min_reps < 7 {

@@ -47,10 +47,16 @@ impl CheckResult {
 pub const CHECK_BATCH: usize = 1;
 
 /// Runs `pass` of `layer` at batch [`CHECK_BATCH`] with convgemm and with the reference
-/// (plus the reference on absolute values for the bound), and compares.
-pub fn check_pass<T: Element>(layer: &Layer, pass: PassKind) -> Result<CheckResult, String> {
+/// (plus the reference on absolute values for the bound), and compares. With
+/// `accumulate`, convgemm's accumulating form adds into the zeroed outputs.
+pub fn check_pass<T: Element>(
+    layer: &Layer,
+    pass: PassKind,
+    accumulate: bool,
+) -> Result<CheckResult, String> {
     let conv = layer.with_batch(CHECK_BATCH.min(layer.conv.spec().batch))?;
     let mut fast = Buffers::<T>::new(&conv, 0x5eed);
+    fast.accumulate = accumulate;
     let mut reference = Buffers::<T>::new(&conv, 0x5eed);
     let mut magnitude = reference.abs();
     let fail =

@@ -223,6 +223,9 @@ pub struct Buffers<T> {
     pub dw: Vec<T>,
     /// Bias gradient `K`.
     pub db: Vec<T>,
+    /// Whether [`Buffers::run`] calls the accumulating backward passes (adding into `dx`,
+    /// `dw` and `db`, which start at zero).
+    pub accumulate: bool,
 }
 
 impl<T: Element> Buffers<T> {
@@ -242,17 +245,22 @@ impl<T: Element> Buffers<T> {
             dx: vec![T::ZERO; x_len],
             dw: vec![T::ZERO; w_len],
             db: vec![T::ZERO; k],
+            accumulate: false,
         }
     }
 
     /// Runs one pass of `conv` on these buffers, as the benchmarks time it: forward with
-    /// bias, backward_weights with the bias gradient (as PyTorch's peers do).
+    /// bias, backward_weights with the bias gradient (as PyTorch's peers do); with
+    /// `accumulate`, the accumulating forms of the backward passes.
     pub fn run(&mut self, conv: &Conv2d, pass: PassKind) -> Result<(), convgemm::ConvError> {
-        match pass {
-            PassKind::Fwd => conv.forward(&self.x, &self.w, Some(&self.b), &mut self.y),
-            PassKind::BwdData => conv.backward_data(&self.dy, &self.w, &mut self.dx),
-            PassKind::BwdWeight => {
-                conv.backward_weights(&self.x, &self.dy, &mut self.dw, Some(&mut self.db))
+        let (dx, dw, db) = (&mut self.dx, &mut self.dw, Some(&mut self.db[..]));
+        match (pass, self.accumulate) {
+            (PassKind::Fwd, _) => conv.forward(&self.x, &self.w, Some(&self.b), &mut self.y),
+            (PassKind::BwdData, false) => conv.backward_data(&self.dy, &self.w, dx),
+            (PassKind::BwdData, true) => conv.backward_data_accumulate(&self.dy, &self.w, dx),
+            (PassKind::BwdWeight, false) => conv.backward_weights(&self.x, &self.dy, dw, db),
+            (PassKind::BwdWeight, true) => {
+                conv.backward_weights_accumulate(&self.x, &self.dy, dw, db)
             }
         }
     }
@@ -300,6 +308,7 @@ impl<T: Element> Buffers<T> {
             dx: self.dx.clone(),
             dw: self.dw.clone(),
             db: self.db.clone(),
+            accumulate: self.accumulate,
         }
     }
 }

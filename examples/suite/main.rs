@@ -63,12 +63,11 @@ fn run(args: &Args) -> Result<(), String> {
         .num_threads(args.threads)
         .build()
         .map_err(|e| format!("cannot start a pool of {} threads: {e}", args.threads))?;
-    pool.install(|| {
-        if args.f64 {
-            run_typed::<f64>(args, &layers, "f64", "convgemm_f64")
-        } else {
-            run_typed::<f32>(args, &layers, "f32", "convgemm")
-        }
+    pool.install(|| match (args.f64, args.accumulate) {
+        (true, false) => run_typed::<f64>(args, &layers, "f64", "convgemm_f64"),
+        (true, true) => run_typed::<f64>(args, &layers, "f64", "convgemm_f64_acc"),
+        (false, false) => run_typed::<f32>(args, &layers, "f32", "convgemm"),
+        (false, true) => run_typed::<f32>(args, &layers, "f32", "convgemm_acc"),
     })
 }
 
@@ -107,6 +106,7 @@ fn time_all<T: Element>(args: &Args, layers: &[Layer], out: &mut Reporter) -> Re
     for layer in layers {
         // Allocated once per layer, outside the timed loop; every pass reuses them.
         let mut buffers = Buffers::<T>::new(&layer.conv, 0x5eed);
+        buffers.accumulate = args.accumulate;
         for &pass in &args.passes {
             step += 1;
             let what = format!("{} {}", layer.name, pass.name());
@@ -145,7 +145,7 @@ fn check_all<T: Element>(args: &Args, layers: &[Layer], out: &mut Reporter) -> R
                 pass.name()
             ),
         );
-        let result = check::check_pass::<T>(layer, pass)?;
+        let result = check::check_pass::<T>(layer, pass, args.accumulate)?;
         out.check(layer, pass, &result);
         if !result.passed() {
             failed.push(format!("{} {}", layer.name, pass.name()));
