@@ -9,7 +9,9 @@
 //!   weight gradient within the tolerance of the reference (Σ|terms| from the reference
 //!   run on absolute values), bit for bit on small-integer data, every output element
 //!   written (outputs start as NaN), and bit-identical results in a 2-thread and a
-//!   1-thread rayon pool.
+//!   1-thread rayon pool;
+//! - the accumulating backward passes, run onto those results: every element becomes
+//!   `g + g`, bit for bit.
 //!
 //! Input layout (one byte per field, 0 when the input is shorter; `fuzz/seeds/make_seeds.py`
 //! writes seeds in this layout):
@@ -220,6 +222,18 @@ fn check<T: Element>(case: &Case, conv: &Conv2d, data: &[Vec<f64>; 4]) {
             l_bw,
         );
     }
+
+    // The accumulating forms add exactly the overwriting results (here onto themselves).
+    let (mut dx2, mut dw2, mut db2) = (fast.dx.clone(), fast.dw.clone(), fast.db.clone());
+    conv.backward_data_accumulate(&dy, &w, &mut dx2)
+        .expect("backward_data_accumulate");
+    let db = bias.is_some().then_some(&mut db2[..]);
+    conv.backward_weights_accumulate(&x, &dy, &mut dw2, db)
+        .expect("backward_weights_accumulate");
+    let twice = |v: &[T]| v.iter().map(|&a| a + a).collect::<Vec<T>>();
+    assert_bits_equal(&format!("{ty} backward_data_accumulate"), &dx2, &twice(&fast.dx));
+    assert_bits_equal(&format!("{ty} backward_weights_accumulate dw"), &dw2, &twice(&fast.dw));
+    assert_bits_equal(&format!("{ty} backward_weights_accumulate db"), &db2, &twice(&fast.db));
 
     // The split never depends on the thread count: a one-thread pool gives the same bits.
     let single = single_thread_pool().install(|| run_fast(conv, &x, &w, bias, &dy));
