@@ -304,8 +304,9 @@ unsafe fn portable_tile<T: crate::Element>(
 /// partial panel of a row of tiles (the same arithmetic per element, fewer columns). Accumulators are a local
 /// `[[vector; NV]; MR]` indexed only by constants after full unrolling, so LLVM keeps
 /// every one in a register (checked with `objdump`, see the module doc of `blocked`).
-/// Each step loads the `NV` vectors of the B row and broadcasts each A value (folded
-/// into the FMA as an embedded broadcast on AVX-512).
+/// Each step loads the `NV` vectors of the B row and broadcasts each A value (one
+/// `vbroadcastss` per value; LLVM folds it into the FMA as an AVX-512 embedded broadcast
+/// only in the one-vector narrow form, where each value feeds a single FMA).
 #[cfg(target_arch = "x86_64")]
 macro_rules! simd_kernel {
     (
@@ -354,7 +355,7 @@ macro_rules! simd_kernel {
             }
             let mut acc = [[$zero(); NV]; MR];
             // A read in rows (`kernel_a_rows`): one pointer per row, indexed by `p` (one
-            // register each; the broadcasts stay folded into the FMAs).
+            // register each).
             let row_starts: [*const $t; MR] = std::array::from_fn(|i| {
                 if A_ROWS {
                     // SAFETY: `a_rows` holds MR offsets (`kernel_a_rows`' contract).
