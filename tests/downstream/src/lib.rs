@@ -5,10 +5,13 @@
 //! 2 groups, 2 filters) → y [N, 2, 5, 5]`, loss `½·Σ (y − target)²`.
 //!
 //! The tests check the gradients against finite differences, that a few SGD steps learn,
-//! that the network can be shared across threads, and that every documented error case
-//! of the public API is an `Err`, never a panic.
+//! that gradients accumulated over micro-batches add up, that the network can be shared
+//! across threads, and that every documented error case of the public API is an `Err`,
+//! never a panic.
 
-use convgemm::ndarray::{conv2d, conv2d_backward_data, conv2d_backward_weights_into};
+use convgemm::ndarray::{
+    conv2d, conv2d_backward_data, conv2d_backward_weights_accumulate, conv2d_backward_weights_into,
+};
 use convgemm::{Conv2d, Conv2dSpec, ConvError, Element, Pass, Workspace};
 use ndarray::{Array1, Array4, ArrayView4, Zip};
 
@@ -141,25 +144,58 @@ impl<T: Element> TwoLayerNet<T> {
         Ok(half_squared_error(&y.view(), target))
     }
 
+    /// Zero gradients, shaped like the parameters.
+    pub fn zero_grads(&self) -> Grads<T> {
+        Grads {
+            dw1: Array4::from_elem(self.w1.raw_dim(), T::ZERO),
+            db1: Array1::from_elem(self.b1.raw_dim(), T::ZERO),
+            dw2: Array4::from_elem(self.w2.raw_dim(), T::ZERO),
+            db2: Array1::from_elem(self.b2.raw_dim(), T::ZERO),
+        }
+    }
+
     /// The loss and its gradient with respect to every parameter (backpropagation).
     pub fn loss_and_grads(
         &self,
         x: &ArrayView4<'_, T>,
         target: &ArrayView4<'_, T>,
     ) -> Result<(f64, Grads<T>), ConvError> {
+        let mut g = self.zero_grads();
+        let loss = self.backward(x, target, &mut g, false)?;
+        Ok((loss, g))
+    }
+
+    /// Adds this batch's gradient to `g` and returns its loss: gradient accumulation, for
+    /// a batch processed as several micro-batches (each through a network built for the
+    /// micro-batch size, with the same parameters) before one optimizer step.
+    pub fn accumulate_grads(
+        &self,
+        x: &ArrayView4<'_, T>,
+        target: &ArrayView4<'_, T>,
+        g: &mut Grads<T>,
+    ) -> Result<f64, ConvError> {
+        self.backward(x, target, g, true)
+    }
+
+    fn backward(
+        &self,
+        x: &ArrayView4<'_, T>,
+        target: &ArrayView4<'_, T>,
+        g: &mut Grads<T>,
+        accumulate: bool,
+    ) -> Result<f64, ConvError> {
         let Activations { pre, h, y } = self.forward(x)?;
         let loss = half_squared_error(&y.view(), target);
         let mut dy = y;
         Zip::from(&mut dy).and(target).for_each(|d, &t| *d -= t);
 
-        let mut g = Grads {
-            dw1: Array4::from_elem(self.w1.raw_dim(), T::ZERO),
-            db1: Array1::from_elem(self.b1.raw_dim(), T::ZERO),
-            dw2: Array4::from_elem(self.w2.raw_dim(), T::ZERO),
-            db2: Array1::from_elem(self.b2.raw_dim(), T::ZERO),
+        let weight_gradient = if accumulate {
+            conv2d_backward_weights_accumulate
+        } else {
+            conv2d_backward_weights_into
         };
         let (h, dy) = (h.view(), dy.view());
-        conv2d_backward_weights_into(
+        weight_gradient(
             &h,
             &dy,
             &self.conv2,
@@ -172,14 +208,14 @@ impl<T: Element> TwoLayerNet<T> {
                 *d = T::ZERO;
             }
         });
-        conv2d_backward_weights_into(
+        weight_gradient(
             x,
             &dh.view(),
             &self.conv1,
             g.dw1.view_mut(),
             Some(g.db1.view_mut()),
         )?;
-        Ok((loss, g))
+        Ok(loss)
     }
 
     /// One SGD step: `θ ← θ − lr·∂L/∂θ`.

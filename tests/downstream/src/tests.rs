@@ -65,6 +65,41 @@ fn sgd_learns_in_f32() {
     assert!(last < 0.8 * first, "loss {first} -> {last}");
 }
 
+/// A batch of 6 as micro-batches of 2 + 4, accumulated into one set of gradients: exactly
+/// the sum of the two micro-batches' own gradients (the accumulating call adds the
+/// overwriting call's bits). How close that is to the whole batch's gradient (the sums over
+/// images regrouped) is convgemm's own test (`tests/accumulate.rs`).
+#[test]
+fn micro_batch_gradients_accumulate() {
+    let full = TwoLayerNet::<f64>::new(6).unwrap();
+    let x = lcg_array::<f64>([6, 2, 9, 9], 21, 1.0);
+    let target = lcg_array::<f64>([6, 2, 5, 5], 22, 1.0);
+    let mut acc = full.zero_grads();
+    let mut parts = Vec::new();
+    for (start, len) in [(0, 2), (2, 4)] {
+        let net = TwoLayerNet {
+            conv1: Conv2dSpec {
+                batch: len,
+                ..full.conv1
+            },
+            conv2: Conv2dSpec {
+                batch: len,
+                ..full.conv2
+            },
+            ..full.clone()
+        };
+        let xs = x.slice(s![start..start + len, .., .., ..]);
+        let ts = target.slice(s![start..start + len, .., .., ..]);
+        net.accumulate_grads(&xs, &ts, &mut acc).unwrap();
+        parts.push(net.loss_and_grads(&xs, &ts).unwrap().1);
+    }
+    assert!(acc.dw1.iter().all(|v| *v != 0.0));
+    assert_eq!(acc.dw1, &parts[0].dw1 + &parts[1].dw1);
+    assert_eq!(acc.db1, &parts[0].db1 + &parts[1].db1);
+    assert_eq!(acc.dw2, &parts[0].dw2 + &parts[1].dw2);
+    assert_eq!(acc.db2, &parts[0].db2 + &parts[1].db2);
+}
+
 #[test]
 fn one_network_serves_many_threads_with_identical_results() {
     let net = TwoLayerNet::<f32>::new(BATCH).unwrap();
