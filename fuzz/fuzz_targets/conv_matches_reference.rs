@@ -231,9 +231,21 @@ fn check<T: Element>(case: &Case, conv: &Conv2d, data: &[Vec<f64>; 4]) {
     conv.backward_weights_accumulate(&x, &dy, &mut dw2, db)
         .expect("backward_weights_accumulate");
     let twice = |v: &[T]| v.iter().map(|&a| a + a).collect::<Vec<T>>();
-    assert_bits_equal(&format!("{ty} backward_data_accumulate"), &dx2, &twice(&fast.dx));
-    assert_bits_equal(&format!("{ty} backward_weights_accumulate dw"), &dw2, &twice(&fast.dw));
-    assert_bits_equal(&format!("{ty} backward_weights_accumulate db"), &db2, &twice(&fast.db));
+    assert_bits_equal(
+        &format!("{ty} backward_data_accumulate"),
+        &dx2,
+        &twice(&fast.dx),
+    );
+    assert_bits_equal(
+        &format!("{ty} backward_weights_accumulate dw"),
+        &dw2,
+        &twice(&fast.dw),
+    );
+    assert_bits_equal(
+        &format!("{ty} backward_weights_accumulate db"),
+        &db2,
+        &twice(&fast.db),
+    );
 
     // The split never depends on the thread count: a one-thread pool gives the same bits.
     let single = single_thread_pool().install(|| run_fast(conv, &x, &w, bias, &dy));
