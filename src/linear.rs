@@ -13,6 +13,7 @@
 //! thread (the crate's cache-blocked GEMM, or matrixmultiply's on the portable path), so
 //! results do not depend on any rayon pool.
 
+use crate::conv::Write;
 use crate::element::Element;
 use crate::error::{ConvError, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
@@ -143,17 +144,45 @@ impl Linear {
         w: &[T],
         dx: &mut [T],
     ) -> Result<(), ConvError> {
+        self.input_delta(dy, w, dx, Write::Overwrite)
+    }
+
+    /// Input delta, added to `dx`: `dx += dy · W` (an input that feeds several layers).
+    /// Each element becomes `dx + g`, with `g` the bits [`Linear::backward_data`] would
+    /// write: the product goes to a scratch buffer the thread keeps (`N × in_features`),
+    /// then is added.
+    ///
+    /// # Errors
+    /// [`ConvError::BufferLength`] if a buffer has the wrong length; `dx` is then unchanged.
+    pub fn backward_data_accumulate<T: Element>(
+        &self,
+        dy: &[T],
+        w: &[T],
+        dx: &mut [T],
+    ) -> Result<(), ConvError> {
+        self.input_delta(dy, w, dx, Write::Accumulate)
+    }
+
+    fn input_delta<T: Element>(
+        &self,
+        dy: &[T],
+        w: &[T],
+        dx: &mut [T],
+        write: Write,
+    ) -> Result<(), ConvError> {
         self.check_y("dy", dy.len())?;
         self.check_w("w", w.len())?;
         self.check_x("dx", dx.len())?;
         let (n, i, o) = (self.batch, self.in_features, self.out_features);
-        gemm(
-            T::ONE,
-            MatRef::row_major(dy, n, o, o),
-            MatRef::row_major(w, o, i, i),
-            T::ZERO,
-            MatMut::row_major(dx, n, i, i),
-        );
+        write.into(dx, |dx| {
+            gemm(
+                T::ONE,
+                MatRef::row_major(dy, n, o, o),
+                MatRef::row_major(w, o, i, i),
+                T::ZERO,
+                MatMut::row_major(dx, n, i, i),
+            )
+        });
         Ok(())
     }
 
@@ -174,6 +203,35 @@ impl Linear {
         dw: &mut [T],
         db: Option<&mut [T]>,
     ) -> Result<(), ConvError> {
+        self.weight_gradient(x, dy, dw, db, Write::Overwrite)
+    }
+
+    /// Weight gradient, added to `dw` (and `db`): `dw += dyᵀ · x`, `db += Σ_n dy[n, ·]`
+    /// (gradient accumulation over micro-batches). Each element becomes `old + g`, with
+    /// `g` the bits [`Linear::backward_weights`] would write: the product goes to a
+    /// scratch buffer the thread keeps (`out_features × in_features`), then is added.
+    ///
+    /// # Errors
+    /// [`ConvError::BufferLength`] if a buffer has the wrong length; `dw` and `db` are then
+    /// unchanged.
+    pub fn backward_weights_accumulate<T: Element>(
+        &self,
+        x: &[T],
+        dy: &[T],
+        dw: &mut [T],
+        db: Option<&mut [T]>,
+    ) -> Result<(), ConvError> {
+        self.weight_gradient(x, dy, dw, db, Write::Accumulate)
+    }
+
+    fn weight_gradient<T: Element>(
+        &self,
+        x: &[T],
+        dy: &[T],
+        dw: &mut [T],
+        db: Option<&mut [T]>,
+        write: Write,
+    ) -> Result<(), ConvError> {
         self.check_x("x", x.len())?;
         self.check_y("dy", dy.len())?;
         self.check_w("dw", dw.len())?;
@@ -181,20 +239,24 @@ impl Linear {
             self.check_bias("db", b.len())?;
         }
         let (n, i, o) = (self.batch, self.in_features, self.out_features);
-        gemm(
-            T::ONE,
-            MatRef::row_major(dy, n, o, o).t(),
-            MatRef::row_major(x, n, i, i),
-            T::ZERO,
-            MatMut::row_major(dw, o, i, i),
-        );
+        write.into(dw, |dw| {
+            gemm(
+                T::ONE,
+                MatRef::row_major(dy, n, o, o).t(),
+                MatRef::row_major(x, n, i, i),
+                T::ZERO,
+                MatMut::row_major(dw, o, i, i),
+            )
+        });
         if let Some(db) = db {
-            db.fill(T::ZERO);
-            for row in dy.chunks_exact(o) {
-                for (s, &g) in db.iter_mut().zip(row) {
-                    *s += g;
+            write.into(db, |db| {
+                db.fill(T::ZERO);
+                for row in dy.chunks_exact(o) {
+                    for (s, &g) in db.iter_mut().zip(row) {
+                        *s += g;
+                    }
                 }
-            }
+            });
         }
         Ok(())
     }

@@ -266,3 +266,47 @@ fn bit_identical_across_thread_counts() {
     };
     assert!(go(1) == go(3));
 }
+
+/// The accumulating passes add exactly what the overwriting ones write (`old + g`, bit for
+/// bit), on random data with reductions (`N` for the weight gradient, `out_features` for
+/// the input delta) longer than one of the GEMM's k blocks; a wrong length is an error
+/// that leaves the buffers unchanged.
+#[test]
+fn accumulate_adds_the_overwriting_result_bit_for_bit() {
+    for (i, &(n, inf, outf)) in [(3, 5, 2), (600, 70, 40), (17, 300, 520)]
+        .iter()
+        .enumerate()
+    {
+        let lin = Linear::new(n, inf, outf).unwrap();
+        let mut rng = Rng::new(500 + i as u64);
+        let x: Vec<f32> = rng.floats(n * inf);
+        let w: Vec<f32> = rng.floats(outf * inf);
+        let dy: Vec<f32> = rng.floats(n * outf);
+        let (dx0, dw0, db0): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+            rng.floats(n * inf),
+            rng.floats(outf * inf),
+            rng.floats(outf),
+        );
+        let (mut gx, mut gw, mut gb) = (vec![0.0; n * inf], vec![0.0; outf * inf], vec![0.0; outf]);
+        lin.backward_data(&dy, &w, &mut gx).unwrap();
+        lin.backward_weights(&x, &dy, &mut gw, Some(&mut gb))
+            .unwrap();
+        let (mut dx, mut dw, mut db) = (dx0.clone(), dw0.clone(), db0.clone());
+        lin.backward_data_accumulate(&dy, &w, &mut dx).unwrap();
+        lin.backward_weights_accumulate(&x, &dy, &mut dw, Some(&mut db))
+            .unwrap();
+        let plus = |a: &[f32], b: &[f32]| -> Vec<u32> {
+            a.iter().zip(b).map(|(a, b)| (a + b).to_bits()).collect()
+        };
+        let bits = |v: &[f32]| -> Vec<u32> { v.iter().map(|v| v.to_bits()).collect() };
+        assert_eq!(bits(&dx), plus(&dx0, &gx), "dx, {n}×{inf}→{outf}");
+        assert_eq!(bits(&dw), plus(&dw0, &gw), "dw, {n}×{inf}→{outf}");
+        assert_eq!(bits(&db), plus(&db0, &gb), "db, {n}×{inf}→{outf}");
+        let before = dw.clone();
+        let err = lin
+            .backward_weights_accumulate(&x, &dy, &mut dw, Some(&mut db[1..]))
+            .unwrap_err();
+        assert!(matches!(err, ConvError::BufferLength { .. }), "{err}");
+        assert_eq!(dw, before);
+    }
+}
