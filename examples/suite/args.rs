@@ -17,7 +17,8 @@ options:
                         named with an _nN suffix (an uneven batch for the thread
                         count, say; the peer scripts keep the file's)
   --passes p,q          among fwd,bwd_data,bwd_weight (default: all three)
-  --json                one JSON line per measurement on stdout
+  --json                one JSON line per measurement on stdout (with the kernel
+                        path, \"isa\")
   --f64                 time f64 instead of f32 (JSON impl \"convgemm_f64\")
   --accumulate          time the accumulating backward passes (backward_data_accumulate,
                         backward_weights_accumulate; JSON impl \"convgemm_acc\",

@@ -72,8 +72,9 @@ impl Reporter {
         }
         self.clear_progress();
         say(&format!(
-            "convgemm suite runner: {suite}, {dtype}, {} thread(s), CPU: {}",
+            "convgemm suite runner: {suite}, {dtype}, {} thread(s), kernel path {}, CPU: {}",
             self.threads,
+            convgemm::isa_name(),
             cpu_model()
         ));
     }
@@ -127,14 +128,15 @@ impl Reporter {
         let disturbed = s.foreign_cores.is_some_and(|f| f > FOREIGN_MAX);
         if self.json {
             say(&format!(
-                "{{\"impl\":\"{}\",\"layer\":{},\"pass\":\"{}\",\"threads\":{},\"ms\":{},\"gflops\":{},\"ws_bytes\":{}}}",
+                "{{\"impl\":\"{}\",\"layer\":{},\"pass\":\"{}\",\"threads\":{},\"ms\":{},\"gflops\":{},\"ws_bytes\":{},\"isa\":\"{}\"}}",
                 self.impl_name,
                 serde_json::Value::from(row.layer.name.as_str()),
                 row.pass.name(),
                 self.threads,
                 round(s.median_ms, 4),
                 round(gflops, 2),
-                ws
+                ws,
+                convgemm::isa_name()
             ));
             if disturbed {
                 note(&format!(
