@@ -81,9 +81,14 @@ pub(crate) fn prepacked_len<T: Element>(isa: Isa, m: usize, k: usize) -> usize {
         .saturating_mul(mc * kc)
 }
 
-impl<'a, T: Element, A: PackA<T>> PrepackedA<'a, T, A> {
+/// Panels one packing task writes in [`PrepackedA::new`]: 4 panels of 8 rows by 256
+/// columns of f32 are 32 KiB, so the 16 panels of a 128-row block are 4 tasks.
+const A_PANELS_PER_TASK: usize = 4;
+
+impl<'a, T: Element, A: PackA<T> + Sync> PrepackedA<'a, T, A> {
     /// Packs all of `source` for the GEMM path `isa` (what [`simd::isa`] selects, for
-    /// the passes), in the driver's blocks.
+    /// the passes), in the driver's blocks: in parallel over blocks and groups of
+    /// [`A_PANELS_PER_TASK`] panels (plain copies: the bits do not depend on the split).
     pub(crate) fn new(isa: Isa, source: &'a A) -> Self {
         let (m, k) = (source.rows(), source.depth());
         let Blocking {
@@ -94,17 +99,28 @@ impl<'a, T: Element, A: PackA<T>> PrepackedA<'a, T, A> {
         } = kernel_blocking::<T>(isa);
         let kc = block_len(k, kc_cap, 1);
         let mc = block_len(m, mc_cap, mr);
-        let (m_blocks, k_blocks) = (m.div_ceil(mc), k.div_ceil(kc));
+        let m_blocks = m.div_ceil(mc);
         let slot = mc * kc;
         let mut data = take_from::<T>(Slot::Weights, prepacked_len::<T>(isa, m, k));
-        for pb in 0..k_blocks {
-            let depth = pb * kc..k.min((pb + 1) * kc);
-            for ib in 0..m_blocks {
-                let rows = ib * mc..m.min((ib + 1) * mc);
-                let len = rows.len().div_ceil(mr) * mr * depth.len();
-                let dst = &mut data[(pb * m_blocks + ib) * slot..][..len];
-                source.pack_a(mr, rows, depth.clone(), dst);
-            }
+        if m > 0 && k > 0 {
+            // One slot per (depth block, row block), slot `pb · m_blocks + ib`.
+            data.par_chunks_mut(slot)
+                .enumerate()
+                .for_each(|(s, block)| {
+                    let (pb, ib) = (s / m_blocks, s % m_blocks);
+                    let depth = pb * kc..k.min((pb + 1) * kc);
+                    let rows = ib * mc..m.min((ib + 1) * mc);
+                    let len = rows.len().div_ceil(mr) * mr * depth.len();
+                    let task = A_PANELS_PER_TASK * mr * depth.len();
+                    block[..len]
+                        .par_chunks_mut(task)
+                        .enumerate()
+                        .for_each(|(t, dst)| {
+                            let r0 = rows.start + t * A_PANELS_PER_TASK * mr;
+                            let panel_rows = r0..rows.end.min(r0 + A_PANELS_PER_TASK * mr);
+                            source.pack_a(mr, panel_rows, depth.clone(), dst);
+                        });
+                });
         }
         PrepackedA {
             source,
