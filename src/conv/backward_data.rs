@@ -440,15 +440,17 @@ fn transposed(geo: &ConvGeometry) -> Option<ConvGeometry> {
 /// convolution ([`transposed`]).
 fn flip_weights<T: Element>(geo: &ConvGeometry, w: &[T], w_t: &mut [T]) {
     let (cg, kg, taps) = (geo.channels_per_group, geo.filters_per_group, geo.taps);
-    for g in 0..geo.groups {
-        for k in 0..kg {
-            for c in 0..cg {
+    // One task per filter of the transposed layer (`g·cg + c`): plain copies, in parallel
+    // since the calling thread does this before the forward's tasks start.
+    w_t.par_chunks_exact_mut(kg * taps)
+        .enumerate()
+        .for_each(|(gc, dst)| {
+            let (g, c) = (gc / cg, gc % cg);
+            for (k, dst) in dst.chunks_exact_mut(taps).enumerate() {
                 let src = &w[((g * kg + k) * cg + c) * taps..][..taps];
-                let dst = &mut w_t[((g * cg + c) * kg + k) * taps..][..taps];
                 for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
                     *d = *s;
                 }
             }
-        }
-    }
+        });
 }
