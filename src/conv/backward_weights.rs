@@ -50,6 +50,12 @@ use crate::tiling::{partition, tile_len, tiles};
 /// busy (two chunks each) while the reduction stays a small fraction of the GEMM work.
 pub(crate) const MAX_IMAGE_CHUNKS: usize = 4;
 
+/// Elements one task of the wide form's chunk sum adds (64 KiB of f32).
+const SUM_TASK: usize = 1 << 14;
+
+/// Filters (rows of `dW`) one task of the wide form's final transpose writes.
+const TRANSPOSE_FILTERS: usize = 16;
+
 /// Target number of tasks: image chunks times channel blocks.
 const TARGET_TASKS: usize = 8;
 
@@ -316,44 +322,71 @@ pub(crate) fn backward_weights<T: Element>(
         // The wide form's partials are dW_gᵀ (rows × kg) per group: summed into chunk 0's
         // in chunk order (contiguous adds), then block-transposed into dW once.
         let (first, later) = partials.split_at_mut(s.channel_blocks * stride);
-        first
-            .par_chunks_mut(stride)
-            .enumerate()
-            .for_each(|(block, acc)| {
-                let rows = s.block_channels.min(cg - block * s.block_channels) * taps;
-                let acc = &mut acc[..geo.groups * kg * rows];
-                for chunk in 1..s.image_chunks {
-                    let part = &later[((chunk - 1) * s.channel_blocks + block) * stride..];
-                    for (d, p) in acc.iter_mut().zip(part) {
-                        *d += *p;
-                    }
-                }
-            });
-        let isa = crate::simd::isa();
-        // Accumulating: each block transposed into scratch first, then added row by row.
-        let mut transposed = match write {
-            Write::Overwrite => None,
-            Write::Accumulate => Some(take::<T>(kg * s.block_channels * taps)),
-        };
-        for block in 0..s.channel_blocks {
-            let c0 = block * s.block_channels;
-            let rows = s.block_channels.min(cg - c0) * taps;
-            for g in 0..geo.groups {
-                // dW[g·kg + k][c0·taps + j] = sum[g][j][k].
-                let src = &first[block * stride + g * kg * rows..][..kg * rows];
-                let dst = &mut dw[g * kg * row_len + c0 * taps..];
-                match transposed.as_deref_mut() {
-                    None => transpose(isa, src, Strided(kg), kg, rows, dst, row_len),
-                    Some(t) => {
-                        let t = &mut t[..kg * rows];
-                        transpose(isa, src, Strided(kg), kg, rows, t, rows);
-                        for (dst, t) in dst.chunks_mut(row_len).zip(t.chunks_exact(rows)) {
-                            write.put_all(&mut dst[..rows], t);
+        for (block, acc) in first.chunks_mut(stride).enumerate() {
+            let rows = s.block_channels.min(cg - block * s.block_channels) * taps;
+            let acc = &mut acc[..geo.groups * kg * rows];
+            // In parallel over ranges of elements: each still adds its chunks in order.
+            acc.par_chunks_mut(SUM_TASK)
+                .enumerate()
+                .for_each(|(i, acc)| {
+                    for chunk in 1..s.image_chunks {
+                        let part = &later[((chunk - 1) * s.channel_blocks + block) * stride..];
+                        for (d, p) in acc.iter_mut().zip(&part[i * SUM_TASK..]) {
+                            *d += *p;
                         }
                     }
-                }
-            }
+                });
         }
+        let first = &*first;
+        let isa = crate::simd::isa();
+        // dW[g·kg + k][c0·taps + j] = sum[block][g][j][k]: in parallel over groups of
+        // TRANSPOSE_FILTERS filters, each task transposing its columns of every block's
+        // sums into its rows of dW (accumulating: through scratch, then added).
+        dw.par_chunks_mut(kg * row_len)
+            .enumerate()
+            .for_each(|(g, dw_g)| {
+                dw_g.par_chunks_mut(TRANSPOSE_FILTERS * row_len)
+                    .enumerate()
+                    .for_each_init(
+                        || match write {
+                            Write::Overwrite => None,
+                            Write::Accumulate => {
+                                Some(take::<T>(TRANSPOSE_FILTERS * s.block_channels * taps))
+                            }
+                        },
+                        |scratch, (t, dw_rows)| {
+                            let k0 = t * TRANSPOSE_FILTERS;
+                            let filters = dw_rows.len() / row_len;
+                            for block in 0..s.channel_blocks {
+                                let c0 = block * s.block_channels;
+                                let rows = s.block_channels.min(cg - c0) * taps;
+                                let src = &first[block * stride + g * kg * rows..][..kg * rows];
+                                let src = &src[k0..];
+                                let dst = &mut dw_rows[c0 * taps..];
+                                match scratch.as_deref_mut() {
+                                    None => transpose(
+                                        isa,
+                                        src,
+                                        Strided(kg),
+                                        filters,
+                                        rows,
+                                        dst,
+                                        row_len,
+                                    ),
+                                    Some(tmp) => {
+                                        let tmp = &mut tmp[..filters * rows];
+                                        transpose(isa, src, Strided(kg), filters, rows, tmp, rows);
+                                        for (dst, tmp) in
+                                            dst.chunks_mut(row_len).zip(tmp.chunks_exact(rows))
+                                        {
+                                            write.put_all(&mut dst[..rows], tmp);
+                                        }
+                                    }
+                                }
+                            }
+                        },
+                    );
+            });
     } else {
         dw.par_chunks_exact_mut(row_len)
             .enumerate()
