@@ -2,21 +2,30 @@
 //!
 //! Tile shapes: on Zen 4 one 512-bit FMA issues per cycle with a 4-cycle latency, so 16
 //! independent accumulators hide the latency four times over and leave 16 of the 32 zmm
-//! registers for the B row and spare. The rows of the tile (MR = 8) divide every channel
-//! count the conv layers use (64, 128, 256, 576), so M needs no padding; NR = 2 vectors
-//! keeps the padding of pixel counts (N) small: 455 → 480, 196 → 224, 784 → 800.
+//! registers for the B row and spare; Zen 5 and the Intel cores (two 512-bit FMAs per
+//! cycle, 4-cycle latency) need 8 in flight, still twice covered. The rows of the tile
+//! (MR = 8) divide every channel count the conv layers use (64, 128, 256, 576), so M
+//! needs no padding; NR = 2 vectors keeps the padding of pixel counts (N) small: 455 →
+//! 480, 196 → 224, 784 → 800. Other tiles measured on the Intel host (BENCHMARKS.md):
+//! 12 × 32, 14 × 32, 8 × 48 and 6 × 64 ran 3–8 % faster with panels held in L1 but no
+//! faster in the GEMM; 4 × 64 (KC 128, to keep its B micro-panel at 32 KiB) ran square
+//! 1024 at 0.79× matrixmultiply in the same `gemm_bench` run, where 8 × 32 runs 1.12×.
 //!
-//! Block sizes (L1d 32 KiB, L2 1 MiB per core, L3 32 MiB shared):
+//! Block sizes, first derived for Zen 4 (L1d 32 KiB, L2 1 MiB per core, L3 32 MiB
+//! shared), kept for the 48 KiB L1d of Zen 5 and the Intel hosts (L2 1 and 2 MiB):
 //! - `KC`: one k-step of the f32 kernel reads 8 + 32 values (160 B). With the B micro-panel
 //!   (`KC × NR`) reused across the `MC / MR` A micro-panels of a block, `KC = 256` makes it
 //!   32 KiB (f32, NR 32) / 32 KiB (f64, NR 16): L1-sized, and the first-touch misses it
 //!   takes are streamed from L2 by the prefetcher (64 B/cycle, 8× what the kernel needs).
-//!   Deeper KC halves how often each C tile is loaded and stored (once per KC block).
+//!   Deeper KC halves how often each C tile is loaded and stored (once per KC block). With
+//!   a 48 KiB L1d the panel leaves 16 KiB for the A micro-panel (`8 × 256 × 4` = 8 KiB)
+//!   and the C tile's lines; KC 128 and 192 measured the same there (`gemm_bench`).
 //! - `MC`: the packed A block `MC × KC` stays in L2 for all `NC / NR` B micro-panels:
-//!   f32 `192 × 256 × 4` = 192 KiB, a fifth of L2.
+//!   f32 `192 × 256 × 4` = 192 KiB, a fifth of a 1 MiB L2.
 //! - `NC`: the packed B block `KC × NC` stays in L2 across the `M / MC` A blocks:
-//!   f32 `256 × 1024 × 4` = 1 MiB would fill it, so NC = 512 (512 KiB) leaves L2 room
-//!   for the A block and C lines.
+//!   f32 `256 × 1024 × 4` = 1 MiB would fill a 1 MiB L2, so NC = 512 (512 KiB) leaves
+//!   room for the A block and C lines. (With a single A block, the conv layers' usual
+//!   case, the driver widens NC: no A block reuses the B block then.)
 
 use std::arch::x86_64::*;
 
