@@ -29,7 +29,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{Kernel, simd_kernel, simd_kernel_methods, thin_kernel};
+use super::kernel::{Kernel, pixel_kernel, simd_kernel, simd_kernel_methods, thin_kernel};
 
 /// The AVX-512F kernels.
 pub struct Avx512;
@@ -95,6 +95,74 @@ thin_kernel!(
     fma = _mm512_fmadd_pd
 );
 
+// Pixel tiles ([`Kernel::kernel_pixels`]): 14 pixels × 2 vectors. 14 divides the output
+// rows of the 3 × 3 ResNet layers (56, 28, 14) and the stem (112); 28 accumulators leave
+// registers for the two weight vectors and the broadcast. Per step 14 broadcasts and 2
+// aligned loads feed 28 FMAs (the GEMM's 8 × 32 step: 10 loads for 16).
+pixel_kernel!(
+    pixels_f32,
+    f32,
+    "avx512f",
+    16,
+    mr = 14,
+    nv = 2,
+    zero = _mm512_setzero_ps,
+    splat = _mm512_set1_ps,
+    load = _mm512_loadu_ps,
+    store = _mm512_storeu_ps,
+    fma = _mm512_fmadd_ps
+);
+
+pixel_kernel!(
+    pixels_f64,
+    f64,
+    "avx512f",
+    8,
+    mr = 14,
+    nv = 2,
+    zero = _mm512_setzero_pd,
+    splat = _mm512_set1_pd,
+    load = _mm512_loadu_pd,
+    store = _mm512_storeu_pd,
+    fma = _mm512_fmadd_pd
+);
+
+/// The pixel-tile methods of [`Kernel`] for the AVX-512 kernels.
+macro_rules! pixel_methods {
+    ($t:ty, $f:ident) => {
+        const PIXEL_MR: usize = 14;
+
+        #[inline(always)]
+        unsafe fn kernel_pixels(
+            channels: usize,
+            channel_len: usize,
+            taps: *const usize,
+            tap_count: usize,
+            x: *const $t,
+            b: *const $t,
+            tile: *mut $t,
+            y: *const $t,
+            y_stride: usize,
+        ) {
+            // SAFETY: the caller upholds `Kernel::kernel_pixels`' contract, which includes
+            // that the CPU has AVX-512F.
+            unsafe {
+                $f(
+                    channels,
+                    channel_len,
+                    taps,
+                    tap_count,
+                    x,
+                    b,
+                    tile,
+                    y,
+                    y_stride,
+                )
+            }
+        }
+    };
+}
+
 impl Kernel<f32> for Avx512 {
     const MR: usize = 8;
     const NR: usize = 32;
@@ -106,6 +174,7 @@ impl Kernel<f32> for Avx512 {
     const NC: usize = 512;
 
     simd_kernel_methods!(f32, kernel_f32, 16, "AVX-512");
+    pixel_methods!(f32, pixels_f32);
 
     const NR_THIN: usize = 8;
 
@@ -146,6 +215,7 @@ impl Kernel<f64> for Avx512 {
     const NC: usize = 256;
 
     simd_kernel_methods!(f64, kernel_f64, 8, "AVX-512");
+    pixel_methods!(f64, pixels_f64);
 
     const NR_THIN: usize = 4;
 

@@ -403,7 +403,10 @@ fn tile_product<T: Element>(
 ///   filters per group (the transposed GEMM's rows): resnet_3x3_28 103.4 → 107.3 /
 ///   207 → 211, 16 channels on 28×28 69 → 77, 64 on 14×14 (N = 32) 88 → 97, 256 on
 ///   7×7 74 → 76; 32 channels to 64 filters on 14×14 was 5% slower, hence the last
-///   condition.
+///   condition;
+/// - or runs by pixel tiles ([`forward::takes_pixel_tiles`], batched): `benches/ab.sh`,
+///   3 rounds, 1 / 2 threads: resnet_3x3_28 1.09 / 1.06, resnet_3x3_56 1.05 / 1.06,
+///   resnet_3x3_s2's transposed layer (stride 1 on 28 × 28) 1.05 / 1.04.
 fn transposed(geo: &ConvGeometry) -> Option<ConvGeometry> {
     let padding = |a: &Axis| {
         (a.kernel - 1)
@@ -432,7 +435,10 @@ fn transposed(geo: &ConvGeometry) -> Option<ConvGeometry> {
     let packed = same_plane
         && geo.channels_per_group >= geo.filters_per_group
         && forward::takes_padded_path(&t);
-    let fast = forward::takes_wide_path(&t) || packed;
+    // Pixel tiles only for a batch: a single image's transposed forward (flipping and
+    // packing 2.4 MB of filters for batch1_3x3_14) ran 0.93–0.97 of the GEMM below.
+    let pixels = geo.batch > 1 && forward::takes_pixel_tiles(&t);
+    let fast = pixels || forward::takes_wide_path(&t) || packed;
     (t.h.output == geo.h.input && t.w.output == geo.w.input && fast).then_some(t)
 }
 

@@ -34,6 +34,7 @@
 //! divide evenly among the threads hands its last one or two images to that single-image
 //! path ([`leftover_images`]), so no thread idles for a whole image.
 
+use super::pixel_tiles;
 use crate::activation::{Activation, apply_in_place};
 use crate::blocked::{PrepackedA, StridedA, StridedB, gemm_packed, prepacked_len};
 use crate::element::Element;
@@ -133,6 +134,9 @@ pub(crate) fn scratch_lens<T: Element>(geo: &ConvGeometry) -> (usize, usize) {
 /// Elements of the column buffer a task uses (per image for `N ≥ 2`, per call for a single
 /// image; none when im2col is fused into the GEMM's packing).
 fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
+    if pixel_tiles::layout(geo).is_some() {
+        return 0;
+    }
     if let Some(layout) = wide_layout(geo) {
         return if pixel_columns(geo) {
             0
@@ -149,7 +153,9 @@ fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
 
 /// Elements of the padded or phase-split copy of one image (0 for the dense layout).
 fn phased_len(geo: &ConvGeometry) -> usize {
-    let padded = wide_layout(geo).or_else(|| padded_layout(geo));
+    let padded = pixel_tiles::layout(geo)
+        .or_else(|| wide_layout(geo))
+        .or_else(|| padded_layout(geo));
     if let Some(padded) = padded.or_else(|| single_image_padded(geo)) {
         return padded.buffer_len(geo.in_channels);
     }
@@ -191,6 +197,9 @@ pub(crate) fn forward<T: Element>(
             forward_single_image(&one, x_n, w, bias, act, y_n);
         }
         return;
+    }
+    if let Some(layout) = pixel_tiles::layout(geo) {
+        return pixel_tiles::forward(geo, &layout, x, w, bias, act, y);
     }
     let layout = PlaneLayout::for_lowering(geo);
     let tile = tile_for(geo, size_of::<T>());
@@ -332,13 +341,21 @@ fn strided_wide_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
 
 /// Whether [`forward`] reads this layer's column matrix in place ([`forward_wide`]).
 pub(crate) fn takes_wide_path(geo: &ConvGeometry) -> bool {
-    geo.batch > 1 && wide_layout(geo).is_some()
+    geo.batch > 1 && !takes_pixel_tiles(geo) && wide_layout(geo).is_some()
+}
+
+/// Whether [`forward`] runs this layer by pixel tiles ([`pixel_tiles`]), batched or not.
+pub(crate) fn takes_pixel_tiles(geo: &ConvGeometry) -> bool {
+    pixel_tiles::layout(geo).is_some()
 }
 
 /// Whether [`forward`] packs this layer's B panels from padded planes
 /// ([`forward_padded`]).
 pub(crate) fn takes_padded_path(geo: &ConvGeometry) -> bool {
-    geo.batch > 1 && wide_layout(geo).is_none() && padded_layout(geo).is_some()
+    geo.batch > 1
+        && !takes_pixel_tiles(geo)
+        && wide_layout(geo).is_none()
+        && padded_layout(geo).is_some()
 }
 
 /// Whether the wide path's columns are output pixels only ([`WideIm2colB`] with `Q`
@@ -518,7 +535,9 @@ fn prepack<'a, T: Element>(
 /// Elements of the packed operand a call holds: all of `W` for a batched, ungrouped layer
 /// on the blocked GEMM ([`prepack`]); else none.
 fn packed_weights_len<T: Element>(geo: &ConvGeometry) -> usize {
-    if use_blocked() && geo.groups == 1 && geo.batch > 1 {
+    if pixel_tiles::layout(geo).is_some() {
+        pixel_tiles::packed_len(geo)
+    } else if use_blocked() && geo.groups == 1 && geo.batch > 1 {
         prepacked_len::<T>(crate::simd::isa(), geo.out_channels, geo.col_rows)
     } else {
         0
@@ -535,6 +554,9 @@ fn forward_single_image<T: Element>(
     act: Activation,
     y: &mut [T],
 ) {
+    if let Some(layout) = pixel_tiles::layout(geo) {
+        return pixel_tiles::forward_single_image(geo, &layout, x, w, bias, act, y);
+    }
     if let Some(padded) = single_image_padded(geo) {
         return forward_single_padded(geo, &padded, x, w, bias, act, y);
     }

@@ -14,6 +14,7 @@
 mod backward_data;
 mod backward_weights;
 mod forward;
+mod pixel_tiles;
 mod small_filter;
 
 use crate::activation::Activation;

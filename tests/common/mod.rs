@@ -283,6 +283,29 @@ pub fn battery() -> Vec<Case> {
             name: "input_delta_transposed_packed_grouped",
             spec: spec(2, 32, [7, 6], 32, [3, 3], one, one, one, 2),
         },
+        // Pixel tiles (AVX-512: output rows a multiple of 14, filters of 32): tiles of 14
+        // pixels × the filters of one panel, inputs read in place from padded planes.
+        // Three images on 28-pixel rows, and the input delta as a transposed forward that
+        // takes pixel tiles too (32 input channels); an uneven batch for two threads.
+        Case {
+            name: "pixel_tiles_3x3",
+            spec: spec(3, 32, [6, 28], 64, [3, 3], one, one, one, 1),
+        },
+        // Strided and dilated: the column phases make each tap's inputs consecutive.
+        Case {
+            name: "pixel_tiles_stride2_dilated",
+            spec: spec(2, 6, [30, 27], 32, [3, 3], [2, 2], one, [2, 1], 1),
+        },
+        // A single image (its panels split across tasks), 15 taps, uneven padding.
+        Case {
+            name: "pixel_tiles_single_image",
+            spec: spec(1, 16, [5, 14], 64, [3, 5], one, [1, 2], one, 1),
+        },
+        // A stem-like 7 × 7 stride-2 filter over 3 channels.
+        Case {
+            name: "pixel_tiles_7x7_stride2",
+            spec: spec(2, 3, [9, 27], 32, [7, 7], [2, 2], [3, 3], one, 1),
+        },
     ]
 }
 

@@ -1,0 +1,324 @@
+//! Forward by pixel tiles: `y = W ⊛ x` with no column matrix and no packed B panels.
+//!
+//! The GEMM of the other forward paths puts output channels in the rows of its tile and
+//! pixels in the vector lanes, so its B operand (the column matrix) is packed from the
+//! padded image, or read in place with unaligned loads. Here the tile is transposed:
+//! [`Kernel::kernel_pixels`] holds [`TILE_PIXELS`] consecutive output pixels of one output
+//! row × `NR` output channels, broadcasts each pixel's input straight from the padded
+//! planes (any stride: the column phases of [`PaddedLayout`] make a row's inputs
+//! consecutive for every tap), and loads the filters as contiguous vectors from a panel
+//! packed once per call (`[K/NR][C·R·S][NR]`). The whole reduction `C·R·S` stays in
+//! registers, and the tile is written once, transposed into the NCHW output, with the
+//! bias and activation.
+//!
+//! Taken on the AVX-512 path (f32 and f64) for ungrouped layers whose output rows are
+//! a multiple of [`TILE_PIXELS`] and whose filters a multiple of 32 (the f32 panel
+//! width; f64 panels are 16 wide), with moderate padding ([`PaddedLayout::new`]).
+//!
+//! Order of work, per image: the output rows in bands whose input rows fit
+//! [`BAND_BYTES`], and in each band every panel of filters over the band's tiles, so the
+//! band's padded rows and the panel stay in L2 while the tiles stream through L1.
+//! Batches run one image per task; a single image splits its panels across tasks. Each
+//! output is the same sum in the same order either way, so results do not depend on the
+//! thread count or on how a batch is split.
+
+use std::ops::Range;
+
+use crate::activation::{Activation, apply_in_place};
+use crate::blocked::transpose::{Strided, transpose};
+use crate::blocked::{Engine, Kernel};
+use crate::element::Element;
+use crate::gemm::use_blocked;
+use crate::im2col::{PaddedLayout, pad_planes};
+use crate::parallel::*;
+use crate::scratch::{Slot, take, take_from, take_packing};
+use crate::shape::ConvGeometry;
+use crate::simd::{Isa, isa};
+
+/// Output pixels per tile: the AVX-512 kernels' `PIXEL_MR`.
+const TILE_PIXELS: usize = 14;
+
+/// Filters must be a multiple of this (the widest panel, f32's 32).
+const FILTER_MULTIPLE: usize = 32;
+
+/// Taps per channel the kernel's offset table holds (the table lives on the stack).
+const MAX_TAPS: usize = 64;
+
+/// Elements of the largest tile (f32: 14 × 32).
+const TILE_LEN: usize = TILE_PIXELS * FILTER_MULTIPLE;
+
+/// Bytes of padded input rows one band of output rows reads: with the filters packed
+/// (590 KB on resnet_3x3_28) it stays within a 2 MiB L2. In a throwaway probe (1 thread)
+/// resnet_3x3_s2, whose padded image is 1.7 MB, ran 0.91 of the packed GEMM unbanded and
+/// 1.05 with bands of 4–14 rows; the other layers' images (≤ 0.9 MB) changed little.
+const BAND_BYTES: usize = 320 << 10;
+
+/// The padded layout of the pixel-tile path, when `geo` takes it.
+pub(crate) fn layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
+    let kernel_has_tiles = <<f32 as Engine>::Avx512 as Kernel<f32>>::PIXEL_MR == TILE_PIXELS
+        && <<f64 as Engine>::Avx512 as Kernel<f64>>::PIXEL_MR == TILE_PIXELS;
+    let applies = kernel_has_tiles
+        && use_blocked()
+        && isa() == Isa::Avx512
+        && geo.groups == 1
+        && !geo.is_pointwise()
+        && geo.taps <= MAX_TAPS
+        && geo.w.output.is_multiple_of(TILE_PIXELS)
+        && geo.out_channels.is_multiple_of(FILTER_MULTIPLE);
+    if applies {
+        PaddedLayout::new(geo)
+    } else {
+        None
+    }
+}
+
+/// Elements of the packed filters a call holds: `K·C·R·S` for a batch, none for a single
+/// image (its tasks pack one panel each into their packing buffers).
+pub(crate) fn packed_len(geo: &ConvGeometry) -> usize {
+    if geo.batch > 1 { geo.w_len } else { 0 }
+}
+
+/// Batched forward: one image per task, padded once into `layout`, then band by band.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward<T: Element>(
+    geo: &ConvGeometry,
+    layout: &PaddedLayout,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    act: Activation,
+    y: &mut [T],
+) {
+    let nr = <T::Avx512 as Kernel<T>>::NR;
+    let (x_image, y_image) = (
+        geo.in_channels * geo.in_plane,
+        geo.out_channels * geo.out_plane,
+    );
+    let mut packed = take_from::<T>(Slot::Weights, packed_len(geo));
+    pack_filters(geo, w, nr, &mut packed);
+    let taps = tap_offsets(geo, layout);
+    let band = band_rows(geo, layout, size_of::<T>());
+    let panel_len = geo.col_rows * nr;
+    y.par_chunks_exact_mut(y_image)
+        .zip(x.par_chunks_exact(x_image))
+        .for_each_init(
+            || take::<T>(layout.buffer_len(geo.in_channels)),
+            |planes, (y_n, x_n)| {
+                pad_planes(geo, layout, x_n, planes);
+                for row0 in (0..geo.h.output).step_by(band) {
+                    let rows = row0..(row0 + band).min(geo.h.output);
+                    let panels = y_n
+                        .chunks_exact_mut(nr * geo.out_plane)
+                        .zip(packed.chunks_exact(panel_len));
+                    for (p, (y_p, panel)) in panels.enumerate() {
+                        let bias = bias.map(|b| &b[p * nr..][..nr]);
+                        let work = Panel {
+                            geo,
+                            layout,
+                            planes,
+                            taps: &taps,
+                            panel,
+                            bias,
+                            act,
+                        };
+                        work.run(y_p, rows.clone());
+                    }
+                }
+            },
+        );
+}
+
+/// A single image: padded once by the calling thread, then its filter panels in parallel,
+/// each packed by its task just before use. (Packing all filters first, as a batch does,
+/// ran batch1_3x3_14 at 0.90–0.96 of the GEMM path on one thread: its 2.4 MB of packed
+/// filters went out to L3 and came back; one 295 KB panel stays in L2.)
+pub(crate) fn forward_single_image<T: Element>(
+    geo: &ConvGeometry,
+    layout: &PaddedLayout,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    act: Activation,
+    y: &mut [T],
+) {
+    let nr = <T::Avx512 as Kernel<T>>::NR;
+    let panel_len = geo.col_rows * nr;
+    let taps = tap_offsets(geo, layout);
+    let mut planes = take::<T>(layout.buffer_len(geo.in_channels));
+    pad_planes(geo, layout, x, &mut planes);
+    let planes = &planes[..];
+    y.par_chunks_exact_mut(nr * geo.out_plane)
+        .zip(w.par_chunks_exact(panel_len))
+        .enumerate()
+        .for_each(|(p, (y_p, filters))| {
+            let mut panel = take_packing::<T>(panel_len);
+            pack_panel(geo.col_rows, nr, filters, &mut panel);
+            let bias = bias.map(|b| &b[p * nr..][..nr]);
+            let work = Panel {
+                geo,
+                layout,
+                planes,
+                taps: &taps,
+                panel: &panel,
+                bias,
+                act,
+            };
+            work.run(y_p, 0..geo.h.output);
+        });
+}
+
+/// `packed[p][e][j] = w[p·NR + j][e]`: each panel of `nr` filters with its `C·R·S`
+/// weights interleaved, so step `e` of the kernel loads one contiguous row. In parallel
+/// over panels (the calling thread does this before the tasks start).
+fn pack_filters<T: Element>(geo: &ConvGeometry, w: &[T], nr: usize, packed: &mut [T]) {
+    let crs = geo.col_rows;
+    packed
+        .par_chunks_exact_mut(crs * nr)
+        .zip(w.par_chunks_exact(crs * nr))
+        .for_each(|(panel, filters)| pack_panel(crs, nr, filters, panel));
+}
+
+/// One panel: the transpose of its `nr × crs` block of filters, by in-register block
+/// transposes.
+fn pack_panel<T: Element>(crs: usize, nr: usize, filters: &[T], panel: &mut [T]) {
+    transpose(isa(), filters, Strided(crs), crs, nr, panel, nr);
+}
+
+/// Offsets of the `R·S` taps of channel 0 in the padded planes, row-major (the order of
+/// `C·R·S` within a channel), relative to output pixel `(0, 0)`.
+fn tap_offsets(geo: &ConvGeometry, layout: &PaddedLayout) -> [usize; MAX_TAPS] {
+    let mut taps = [0; MAX_TAPS];
+    for r in 0..geo.h.kernel {
+        for s in 0..geo.w.kernel {
+            taps[r * geo.w.kernel + s] = layout.tap_offset(geo, 0, r, s);
+        }
+    }
+    taps
+}
+
+/// Output rows per band: as many as read at most [`BAND_BYTES`] of padded input (an
+/// output row reads `stride_h` padded rows of every channel and column phase).
+fn band_rows(geo: &ConvGeometry, layout: &PaddedLayout, elem_size: usize) -> usize {
+    let row_bytes = geo.in_channels * geo.h.stride * geo.w.stride * layout.row_len * elem_size;
+    (BAND_BYTES / row_bytes.max(1)).max(1)
+}
+
+/// One panel of filters over the padded planes of one image.
+struct Panel<'a, T: Element> {
+    geo: &'a ConvGeometry,
+    layout: &'a PaddedLayout,
+    planes: &'a [T],
+    taps: &'a [usize; MAX_TAPS],
+    /// `C·R·S × NR`, packed by [`pack_filters`].
+    panel: &'a [T],
+    /// The panel's `NR` biases.
+    bias: Option<&'a [T]>,
+    act: Activation,
+}
+
+impl<T: Element> Panel<'_, T> {
+    /// Every tile of output rows `rows` into `y` (the panel's `NR` output planes).
+    fn run(&self, y: &mut [T], rows: Range<usize>) {
+        let geo = self.geo;
+        let nr = <T::Avx512 as Kernel<T>>::NR;
+        let (plane, q) = (geo.out_plane, geo.w.output);
+        let (channels, channel_len) = (geo.in_channels, self.layout.channel_len);
+        let row_step = geo.h.stride * self.layout.row_len;
+        assert!(
+            <T::Avx512 as Kernel<T>>::PIXEL_MR == TILE_PIXELS
+                && nr * TILE_PIXELS <= TILE_LEN
+                && self.panel.len() == geo.col_rows * nr
+                && y.len() == nr * plane
+                && rows.end <= geo.h.output,
+            "pixel tiles: operand sizes disagree"
+        );
+        // The farthest input a tile reads, over all channels, taps and pixels.
+        let last_tap = self.taps[..geo.taps].iter().copied().max().unwrap_or(0);
+        let farthest =
+            (channels - 1) * channel_len + last_tap + (geo.h.output - 1) * row_step + (q - 1);
+        assert!(
+            farthest < self.planes.len(),
+            "pixel tiles: planes too short"
+        );
+        let mut tile = [T::ZERO; TILE_LEN];
+        for p in rows {
+            for q0 in (0..q).step_by(TILE_PIXELS) {
+                let out = p * q + q0;
+                // SAFETY: the kernel reads `x + c·channel_len + taps[t] + i` for c <
+                // channels, t < taps, i < 14: at most `farthest` (checked above) past
+                // `planes`, since p < P and q0 + i < Q. The panel holds `C·R·S·NR`
+                // elements, the tile `TILE_LEN ≥ 14·NR`. `y + out + j·plane` is only
+                // prefetched. The kernel exists and the CPU has AVX-512F: `layout` took
+                // this path only when `isa()` is AVX-512 and both kernels have tiles of 14.
+                unsafe {
+                    <T::Avx512 as Kernel<T>>::kernel_pixels(
+                        channels,
+                        channel_len,
+                        self.taps.as_ptr(),
+                        geo.taps,
+                        self.planes.as_ptr().add(p * row_step + q0),
+                        self.panel.as_ptr(),
+                        tile.as_mut_ptr(),
+                        y.as_ptr().wrapping_add(out),
+                        plane,
+                    );
+                }
+                for j in 0..nr {
+                    let run = &mut y[j * plane + out..][..TILE_PIXELS];
+                    match self.bias {
+                        Some(b) => {
+                            for (i, v) in run.iter_mut().enumerate() {
+                                *v = tile[i * nr + j] + b[j];
+                            }
+                        }
+                        None => {
+                            for (i, v) in run.iter_mut().enumerate() {
+                                *v = tile[i * nr + j];
+                            }
+                        }
+                    }
+                    apply_in_place(self.act, run);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Conv2dSpec;
+
+    fn geometry(n: usize, c: usize, hw: usize, k: usize, stride: usize) -> ConvGeometry {
+        let spec = Conv2dSpec {
+            batch: n,
+            in_channels: c,
+            in_h: hw,
+            in_w: hw,
+            out_channels: k,
+            kernel: [3, 3],
+            stride: [stride, stride],
+            padding: [1, 1],
+            ..Default::default()
+        };
+        ConvGeometry::new(&spec).unwrap()
+    }
+
+    /// The suite's 3 × 3 ResNet layers take the path on the AVX-512 path (so the test
+    /// battery's `pixel_tiles_*` cases, shaped alike, exercise it), and shapes it cannot
+    /// tile do not.
+    #[test]
+    fn which_layers_take_pixel_tiles() {
+        if isa() != Isa::Avx512 {
+            assert!(layout(&geometry(8, 128, 28, 128, 1)).is_none());
+            return;
+        }
+        assert!(layout(&geometry(8, 128, 28, 128, 1)).is_some());
+        assert!(layout(&geometry(8, 64, 56, 64, 1)).is_some());
+        assert!(layout(&geometry(8, 128, 56, 128, 2)).is_some());
+        assert!(layout(&geometry(1, 256, 14, 256, 1)).is_some());
+        // 16 output pixels per row, or 48 filters: not tiled.
+        assert!(layout(&geometry(2, 8, 16, 32, 1)).is_none());
+        assert!(layout(&geometry(2, 8, 14, 48, 1)).is_none());
+    }
+}
