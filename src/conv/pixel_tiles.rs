@@ -14,6 +14,9 @@
 //! Taken on the AVX-512 path (f32 and f64) for ungrouped layers whose output rows are
 //! a multiple of [`TILE_PIXELS`] and whose filters a multiple of 32 (the f32 panel
 //! width; f64 panels are 16 wide), with moderate padding ([`PaddedLayout::new`]).
+//! (Rows of other lengths, ended by an 8-pixel kernel or a tile overlapping the one
+//! before, ran 0.95–0.98 of the packed GEMM on dilated_3x3's 64 and 1.00 on audio_1x9's
+//! 4000 in `benches/ab.sh`: not kept.)
 //!
 //! Order of work, per image: the output rows in bands whose input rows fit
 //! [`BAND_BYTES`], and in each band every panel of filters over the band's tiles, so the
@@ -44,8 +47,13 @@ const FILTER_MULTIPLE: usize = 32;
 /// Taps per channel the kernel's offset table holds (the table lives on the stack).
 const MAX_TAPS: usize = 64;
 
-/// Elements of the largest tile (f32: 14 × 32).
-const TILE_LEN: usize = TILE_PIXELS * FILTER_MULTIPLE;
+/// Pixels of an output row computed (as tiles) before they are written out together:
+/// each output plane then receives runs of up to 70 pixels (whole cache lines) instead
+/// of 14 in partial lines.
+const CHUNK_PIXELS: usize = 5 * TILE_PIXELS;
+
+/// Elements of a chunk (f32: 70 pixels × 32 filters).
+const CHUNK_LEN: usize = CHUNK_PIXELS * FILTER_MULTIPLE;
 
 /// Bytes of padded input rows one band of output rows reads: with the filters packed
 /// (590 KB on resnet_3x3_28) it stays within a 2 MiB L2. In a throwaway probe (1 thread)
@@ -226,7 +234,7 @@ impl<T: Element> Panel<'_, T> {
         let row_step = geo.h.stride * self.layout.row_len;
         assert!(
             <T::Avx512 as Kernel<T>>::PIXEL_MR == TILE_PIXELS
-                && nr * TILE_PIXELS <= TILE_LEN
+                && nr <= FILTER_MULTIPLE
                 && self.panel.len() == geo.col_rows * nr
                 && y.len() == nr * plane
                 && rows.end <= geo.h.output,
@@ -240,46 +248,53 @@ impl<T: Element> Panel<'_, T> {
             farthest < self.planes.len(),
             "pixel tiles: planes too short"
         );
-        let mut tile = [T::ZERO; TILE_LEN];
+        let mut chunk = [T::ZERO; CHUNK_LEN];
         for p in rows {
-            for q0 in (0..q).step_by(TILE_PIXELS) {
-                let out = p * q + q0;
-                // SAFETY: the kernel reads `x + c·channel_len + taps[t] + i` for c <
-                // channels, t < taps, i < 14: at most `farthest` (checked above) past
-                // `planes`, since p < P and q0 + i < Q. The panel holds `C·R·S·NR`
-                // elements, the tile `TILE_LEN ≥ 14·NR`. `y + out + j·plane` is only
-                // prefetched. The kernel exists and the CPU has AVX-512F: `layout` took
-                // this path only when `isa()` is AVX-512 and both kernels have tiles of 14.
-                unsafe {
-                    <T::Avx512 as Kernel<T>>::kernel_pixels(
-                        channels,
-                        channel_len,
-                        self.taps.as_ptr(),
-                        geo.taps,
-                        self.planes.as_ptr().add(p * row_step + q0),
-                        self.panel.as_ptr(),
-                        tile.as_mut_ptr(),
-                        y.as_ptr().wrapping_add(out),
-                        plane,
-                    );
-                }
-                for j in 0..nr {
-                    let run = &mut y[j * plane + out..][..TILE_PIXELS];
-                    match self.bias {
-                        Some(b) => {
-                            for (i, v) in run.iter_mut().enumerate() {
-                                *v = tile[i * nr + j] + b[j];
-                            }
-                        }
-                        None => {
-                            for (i, v) in run.iter_mut().enumerate() {
-                                *v = tile[i * nr + j];
-                            }
-                        }
+            for first in (0..q).step_by(CHUNK_PIXELS) {
+                let end = (first + CHUNK_PIXELS).min(q);
+                for q0 in (first..end).step_by(TILE_PIXELS) {
+                    let at = (q0 - first) * nr;
+                    // SAFETY: the kernel reads `x + c·channel_len + taps[t] + i` for c <
+                    // channels, t < taps, i < 14: at most `farthest` (checked above) past
+                    // `planes`, since p < P and q0 + i < Q (Q is a multiple of 14). The
+                    // panel holds `C·R·S·NR` elements; the tile's `14·NR` elements from
+                    // `chunk + at` are in the chunk (q0 + 14 ≤ first + CHUNK_PIXELS, NR ≤
+                    // 32). `y + p·Q + q0 + j·plane` is only prefetched. The kernel exists
+                    // and the CPU has AVX-512F: `layout` took this path only when `isa()`
+                    // is AVX-512 and both kernels have tiles of 14.
+                    unsafe {
+                        <T::Avx512 as Kernel<T>>::kernel_pixels(
+                            channels,
+                            channel_len,
+                            self.taps.as_ptr(),
+                            geo.taps,
+                            self.planes.as_ptr().add(p * row_step + q0),
+                            self.panel.as_ptr(),
+                            chunk.as_mut_ptr().add(at),
+                            y.as_ptr().wrapping_add(p * q + q0),
+                            plane,
+                        );
                     }
-                    apply_in_place(self.act, run);
                 }
+                self.write(&chunk, &mut y[p * q + first..], end - first);
             }
+        }
+    }
+
+    /// Writes a chunk (`pixels × NR`, row-major) transposed into the panel's `NR` output
+    /// planes from `y`, with the bias and activation. (By 8 × 8 blocks in registers, then
+    /// the bias and activation over each run, it ran 0.99 of this on resnet_3x3_56 and
+    /// the stem.)
+    fn write(&self, chunk: &[T], y: &mut [T], pixels: usize) {
+        let (nr, plane) = (<T::Avx512 as Kernel<T>>::NR, self.geo.out_plane);
+        for j in 0..nr {
+            let run = &mut y[j * plane..][..pixels];
+            let column = chunk[j..].iter().step_by(nr);
+            match self.bias {
+                Some(b) => run.iter_mut().zip(column).for_each(|(v, &c)| *v = c + b[j]),
+                None => run.iter_mut().zip(column).for_each(|(v, &c)| *v = c),
+            }
+            apply_in_place(self.act, run);
         }
     }
 }
