@@ -21,9 +21,9 @@
 //! Order of work, per image: the output rows in bands whose input rows fit
 //! [`BAND_BYTES`], and in each band every panel of filters over the band's tiles, so the
 //! band's padded rows and the panel stay in L2 while the tiles stream through L1.
-//! Batches run one image per task; a single image splits its panels across tasks. Each
-//! output is the same sum in the same order either way, so results do not depend on the
-//! thread count or on how a batch is split.
+//! Batches run one image per task; a single image splits its padding and its panels
+//! across tasks. Each output is the same sum in the same order either way, so results do
+//! not depend on the thread count or on how a batch is split.
 
 use std::ops::Range;
 
@@ -136,8 +136,8 @@ pub(crate) fn forward<T: Element>(
         );
 }
 
-/// A single image: padded once by the calling thread, then its filter panels in parallel,
-/// each packed by its task just before use. (Packing all filters first, as a batch does,
+/// A single image: padded once (runs of channels in parallel), then its filter panels in
+/// parallel, each packed by its task just before use. (Packing all filters first, as a batch does,
 /// ran batch1_3x3_14 at 0.90–0.96 of the GEMM path on one thread: its 2.4 MB of packed
 /// filters went out to L3 and came back; one 295 KB panel stays in L2.)
 pub(crate) fn forward_single_image<T: Element>(
@@ -153,7 +153,7 @@ pub(crate) fn forward_single_image<T: Element>(
     let panel_len = geo.col_rows * nr;
     let taps = tap_offsets(geo, layout);
     let mut planes = take::<T>(layout.buffer_len(geo.in_channels));
-    pad_planes(geo, layout, x, &mut planes);
+    pad_in_parallel(geo, layout, x, &mut planes);
     let planes = &planes[..];
     y.par_chunks_exact_mut(nr * geo.out_plane)
         .zip(w.par_chunks_exact(panel_len))
@@ -173,6 +173,26 @@ pub(crate) fn forward_single_image<T: Element>(
             };
             work.run(y_p, 0..geo.h.output);
         });
+}
+
+/// Tasks a single image's padding splits into, by channels (a copy, so any split gives
+/// the same planes). Padded by the calling thread alone, batch1_3x3_14 ran 0.94 of this
+/// at 2 threads (`benches/ab.sh`, 5 rounds, Zen 4; 1.00 at 1 thread).
+const PAD_TASKS: usize = 8;
+
+/// [`pad_planes`] of one image's `C` channels `x` into `planes`, runs of channels in
+/// parallel.
+fn pad_in_parallel<T: Element>(
+    geo: &ConvGeometry,
+    layout: &PaddedLayout,
+    x: &[T],
+    planes: &mut [T],
+) {
+    let per_task = geo.in_channels.div_ceil(PAD_TASKS).max(1);
+    planes[..layout.buffer_len(geo.in_channels)]
+        .par_chunks_mut(layout.buffer_len(per_task))
+        .zip(x.par_chunks(per_task * geo.in_plane))
+        .for_each(|(dst, src)| pad_planes(geo, layout, src, dst));
 }
 
 /// `packed[p][e][j] = w[p·NR + j][e]`: each panel of `nr` filters with its `C·R·S`

@@ -301,6 +301,12 @@ pub fn battery() -> Vec<Case> {
             name: "pixel_tiles_single_image",
             spec: spec(1, 16, [5, 14], 64, [3, 5], one, [1, 2], one, 1),
         },
+        // A single image of 13 channels (padded by runs of 2 channels in parallel) under
+        // a 1 × 9 filter.
+        Case {
+            name: "pixel_tiles_single_image_1x9",
+            spec: spec(1, 13, [4, 28], 32, [1, 9], one, [0, 4], one, 1),
+        },
         // A stem-like 7 × 7 stride-2 filter over 3 channels.
         Case {
             name: "pixel_tiles_7x7_stride2",
