@@ -438,8 +438,8 @@ fn transposed(geo: &ConvGeometry) -> Option<ConvGeometry> {
     // Pixel tiles only for a batch: a single image's transposed forward (flipping and
     // packing 2.4 MB of filters for batch1_3x3_14) ran 0.93–0.97 of the GEMM below on
     // the Intel host B, 0.69 on the Zen 4 host (`benches/ab.sh`, 5 rounds, 1 and 2
-    // threads, with the single-image padding in parallel): the flip's 9-element runs
-    // at a 9 KB stride cost more than the tiles gain.
+    // threads, with the single-image padding in parallel). Not profiled; the likely cost
+    // is the flip, which copies 9-element runs at a 9 KB stride out of L2.
     let pixels = geo.batch > 1 && forward::takes_pixel_tiles(&t);
     let fast = pixels || forward::takes_wide_path(&t) || packed;
     (t.h.output == geo.h.input && t.w.output == geo.w.input && fast).then_some(t)

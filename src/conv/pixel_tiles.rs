@@ -137,9 +137,9 @@ pub(crate) fn forward<T: Element>(
 }
 
 /// A single image: padded once (runs of channels in parallel), then its filter panels in
-/// parallel, each packed by its task just before use. (Packing all filters first, as a batch does,
-/// ran batch1_3x3_14 at 0.90–0.96 of the GEMM path on one thread: its 2.4 MB of packed
-/// filters went out to L3 and came back; one 295 KB panel stays in L2.)
+/// parallel, each packed by its task just before use. (Packing all filters first, as a
+/// batch does, ran batch1_3x3_14 at 0.90–0.96 of the GEMM path on one thread: its 2.4 MB
+/// of packed filters went out to L3 and came back; one 295 KB panel stays in L2.)
 pub(crate) fn forward_single_image<T: Element>(
     geo: &ConvGeometry,
     layout: &PaddedLayout,
@@ -176,8 +176,8 @@ pub(crate) fn forward_single_image<T: Element>(
 }
 
 /// Tasks a single image's padding splits into, by channels (a copy, so any split gives
-/// the same planes). Padded by the calling thread alone, batch1_3x3_14 ran 0.94 of this
-/// at 2 threads (`benches/ab.sh`, 5 rounds, Zen 4; 1.00 at 1 thread).
+/// the same planes). Padded by the calling thread alone, batch1_3x3_14's forward ran 0.90
+/// of this at 2 threads (`benches/ab.sh`, 6 rounds, Zen 4 host; 1.00 at 1 thread).
 const PAD_TASKS: usize = 8;
 
 /// [`pad_planes`] of one image's `C` channels `x` into `planes`, runs of channels in
