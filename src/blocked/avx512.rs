@@ -139,15 +139,22 @@ macro_rules! pixel_methods {
             taps: *const usize,
             tap_count: usize,
             x: *const $t,
+            pixel_step: usize,
             b: *const $t,
             tile: *mut $t,
             y: *const $t,
             y_stride: usize,
         ) {
+            // The kernel compiled for this step (offsets constant inside it).
+            let kernel = if pixel_step == 2 {
+                $f::<2> as unsafe fn(_, _, _, _, _, _, _, _, _)
+            } else {
+                $f::<1>
+            };
             // SAFETY: the caller upholds `Kernel::kernel_pixels`' contract, which includes
-            // that the CPU has AVX-512F.
+            // that the CPU has AVX-512F and that `pixel_step` is 1 or 2.
             unsafe {
-                $f(
+                kernel(
                     channels,
                     channel_len,
                     taps,

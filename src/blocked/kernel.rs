@@ -168,15 +168,18 @@ pub trait Kernel<T> {
     /// padded planes and broadcast, and the filters come as a packed panel, so every
     /// vector load is a contiguous row of weights:
     ///
-    /// `tile[i][j] = Σ_c Σ_t x[c·channel_len + taps[t] + i] · b[(c·tap_count + t)·NR + j]`,
-    /// summed in ascending `(c, t)` by FMA from 0.
+    /// `tile[i][j] = Σ_c Σ_t x[c·channel_len + taps[t] + i·pixel_step] · b[(c·tap_count + t)·NR + j]`,
+    /// summed in ascending `(c, t)` by FMA from 0. `pixel_step` is 1 (consecutive pixels'
+    /// inputs adjacent: stride 1, or planes split into column phases) or 2 (stride 2 on
+    /// planes in column order); the kernel is compiled for each, the offsets constant.
     ///
     /// Before the loop it prefetches, for writing, the `NR` runs of `PIXEL_MR` elements at
     /// `y + j·y_stride` (where the caller will store the tile; never dereferenced here).
     ///
     /// # Safety
-    /// - `x + c·channel_len + taps[t] + i` readable for `c < channels`, `t < tap_count`,
-    ///   `i < PIXEL_MR`; `taps` readable for `tap_count` elements;
+    /// - `pixel_step` is 1 or 2, and `x + c·channel_len + taps[t] + i·pixel_step` readable
+    ///   for `c < channels`, `t < tap_count`, `i < PIXEL_MR`; `taps` readable for
+    ///   `tap_count` elements;
     /// - `b` readable for `channels·tap_count·NR` elements, `tile` writable for
     ///   `PIXEL_MR·NR`, not overlapping;
     /// - the CPU has the kernel's features; only called when `PIXEL_MR > 0`.
@@ -187,6 +190,7 @@ pub trait Kernel<T> {
         taps: *const usize,
         tap_count: usize,
         x: *const T,
+        pixel_step: usize,
         b: *const T,
         tile: *mut T,
         y: *const T,
@@ -198,6 +202,7 @@ pub trait Kernel<T> {
             taps,
             tap_count,
             x,
+            pixel_step,
             b,
             tile,
             y,
@@ -706,7 +711,8 @@ macro_rules! simd_kernel_methods {
 pub(super) use simd_kernel_methods;
 
 /// Writes the pixel-tile kernel ([`Kernel::kernel_pixels`]) as a `#[target_feature]`
-/// function: `$mr` pixels × `$nv` vectors of `$lanes` output channels, `$mr·$nv`
+/// function, generic over the pixel step (`STEP`, so that the broadcasts' offsets are
+/// constants): `$mr` pixels × `$nv` vectors of `$lanes` output channels, `$mr·$nv`
 /// accumulators (f32 AVX-512: 14 × 2 = 28 zmm, plus the two weight vectors and one
 /// broadcast: 31 of 32 registers). Each step loads the `$nv` weight vectors once and
 /// broadcasts `$mr` consecutive inputs of one tap row.
@@ -724,7 +730,7 @@ macro_rules! pixel_kernel {
         /// target features of this function.
         #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn $name(
+        pub(super) unsafe fn $name<const STEP: usize>(
             channels: usize,
             channel_len: usize,
             taps: *const usize,
@@ -759,7 +765,7 @@ macro_rules! pixel_kernel {
                     }
                     for (i, acc_row) in acc.iter_mut().enumerate() {
                         // SAFETY: input i of this tap row is readable (see above).
-                        let ai = $splat(unsafe { *a.add(i) });
+                        let ai = $splat(unsafe { *a.add(i * STEP) });
                         for (acc, &bv) in acc_row.iter_mut().zip(&bv) {
                             *acc = $fma(ai, bv, *acc);
                         }

@@ -5,7 +5,8 @@
 //! padded image, or read in place with unaligned loads. Here the tile is transposed:
 //! [`Kernel::kernel_pixels`] holds [`TILE_PIXELS`] consecutive output pixels of one output
 //! row × `NR` output channels, broadcasts each pixel's input straight from the padded
-//! planes (any stride: the column phases of [`PaddedLayout`] make a row's inputs
+//! planes (stride 1 or 2: planes in column order, the kernel stepping 1 or 2 elements
+//! per pixel; a larger stride: the column phases of [`PaddedLayout`] make a row's inputs
 //! consecutive for every tap), and loads the filters as contiguous vectors from a panel
 //! packed once per call (`[K/NR][C·R·S][NR]`). The whole reduction `C·R·S` stays in
 //! registers, and the tile is written once, transposed into the NCHW output, with the
@@ -61,7 +62,15 @@ const CHUNK_LEN: usize = CHUNK_PIXELS * FILTER_MULTIPLE;
 /// 1.05 with bands of 4–14 rows; the other layers' images (≤ 0.9 MB) changed little.
 const BAND_BYTES: usize = 320 << 10;
 
-/// The padded layout of the pixel-tile path, when `geo` takes it.
+/// The padded layout of the pixel-tile path, when `geo` takes it. At stride 2 the
+/// columns stay in order ([`PaddedLayout::unphased`]): the broadcasts need no
+/// contiguous runs, so splitting column phases would only make the copy a shuffle.
+/// Against the phased planes, paired medians of `benches/ab.sh` over 6 rounds (Intel
+/// host, `fma_peak` 175): resnet_3x3_s2 1.05 at 1 and at 2 threads (1.03–1.07 at 1),
+/// the ResNet stem 1.00, resnet_3x3_28 (stride 1, a control) 1.01. Padding band by band
+/// as well, each band just before its tiles, added nothing measurable (1.015): not kept.
+/// The copy stays bound by reading the image from memory: 11% of resnet_3x3_s2's
+/// forward in `perf record`, the kernel 83%.
 pub(crate) fn layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
     let kernel_has_tiles = <<f32 as Engine>::Avx512 as Kernel<f32>>::PIXEL_MR == TILE_PIXELS
         && <<f64 as Engine>::Avx512 as Kernel<f64>>::PIXEL_MR == TILE_PIXELS;
@@ -73,10 +82,12 @@ pub(crate) fn layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
         && geo.taps <= MAX_TAPS
         && geo.w.output.is_multiple_of(TILE_PIXELS)
         && geo.out_channels.is_multiple_of(FILTER_MULTIPLE);
-    if applies {
-        PaddedLayout::new(geo)
-    } else {
+    if !applies {
         None
+    } else if geo.w.stride == 2 {
+        PaddedLayout::unphased(geo)
+    } else {
+        PaddedLayout::new(geo)
     }
 }
 
@@ -227,7 +238,7 @@ fn tap_offsets(geo: &ConvGeometry, layout: &PaddedLayout) -> [usize; MAX_TAPS] {
 /// Output rows per band: as many as read at most [`BAND_BYTES`] of padded input (an
 /// output row reads `stride_h` padded rows of every channel and column phase).
 fn band_rows(geo: &ConvGeometry, layout: &PaddedLayout, elem_size: usize) -> usize {
-    let row_bytes = geo.in_channels * geo.h.stride * geo.w.stride * layout.row_len * elem_size;
+    let row_bytes = geo.in_channels * geo.h.stride * layout.padded_row_len() * elem_size;
     (BAND_BYTES / row_bytes.max(1)).max(1)
 }
 
@@ -252,18 +263,22 @@ impl<T: Element> Panel<'_, T> {
         let (plane, q) = (geo.out_plane, geo.w.output);
         let (channels, channel_len) = (geo.in_channels, self.layout.channel_len);
         let row_step = geo.h.stride * self.layout.row_len;
+        let pixel_step = self.layout.column_step(geo);
         assert!(
             <T::Avx512 as Kernel<T>>::PIXEL_MR == TILE_PIXELS
                 && nr <= FILTER_MULTIPLE
                 && self.panel.len() == geo.col_rows * nr
                 && y.len() == nr * plane
-                && rows.end <= geo.h.output,
+                && rows.end <= geo.h.output
+                && (pixel_step == 1 || pixel_step == 2),
             "pixel tiles: operand sizes disagree"
         );
         // The farthest input a tile reads, over all channels, taps and pixels.
         let last_tap = self.taps[..geo.taps].iter().copied().max().unwrap_or(0);
-        let farthest =
-            (channels - 1) * channel_len + last_tap + (geo.h.output - 1) * row_step + (q - 1);
+        let farthest = (channels - 1) * channel_len
+            + last_tap
+            + (geo.h.output - 1) * row_step
+            + (q - 1) * pixel_step;
         assert!(
             farthest < self.planes.len(),
             "pixel tiles: planes too short"
@@ -274,9 +289,10 @@ impl<T: Element> Panel<'_, T> {
                 let end = (first + CHUNK_PIXELS).min(q);
                 for q0 in (first..end).step_by(TILE_PIXELS) {
                     let at = (q0 - first) * nr;
-                    // SAFETY: the kernel reads `x + c·channel_len + taps[t] + i` for c <
-                    // channels, t < taps, i < 14: at most `farthest` (checked above) past
-                    // `planes`, since p < P and q0 + i < Q (Q is a multiple of 14). The
+                    // SAFETY: the kernel reads `x + c·channel_len + taps[t] + i·pixel_step`
+                    // (pixel_step 1 or 2, checked above) for c < channels, t < taps, i <
+                    // 14: at most `farthest` (checked above) past `planes`, since p < P
+                    // and q0 + i < Q (Q is a multiple of 14). The
                     // panel holds `C·R·S·NR` elements; the tile's `14·NR` elements from
                     // `chunk + at` are in the chunk (q0 + 14 ≤ first + CHUNK_PIXELS, NR ≤
                     // 32). `y + p·Q + q0 + j·plane` is only prefetched. The kernel exists
@@ -288,7 +304,8 @@ impl<T: Element> Panel<'_, T> {
                             channel_len,
                             self.taps.as_ptr(),
                             geo.taps,
-                            self.planes.as_ptr().add(p * row_step + q0),
+                            self.planes.as_ptr().add(p * row_step + q0 * pixel_step),
+                            pixel_step,
                             self.panel.as_ptr(),
                             chunk.as_mut_ptr().add(at),
                             y.as_ptr().wrapping_add(p * q + q0),
@@ -352,6 +369,14 @@ mod tests {
         assert!(layout(&geometry(8, 64, 56, 64, 1)).is_some());
         assert!(layout(&geometry(8, 128, 56, 128, 2)).is_some());
         assert!(layout(&geometry(1, 256, 14, 256, 1)).is_some());
+        // Stride 2 keeps the columns in order, the kernel stepping two elements per
+        // pixel; stride 3 splits them into phases, one element per pixel.
+        let s2 = geometry(8, 128, 56, 128, 2);
+        assert_eq!(layout(&s2).map(|l| l.column_step(&s2)), Some(2));
+        let s3 = geometry(2, 8, 42, 32, 3);
+        assert_eq!(layout(&s3).map(|l| l.column_step(&s3)), Some(1));
+        let s1 = geometry(8, 64, 56, 64, 1);
+        assert_eq!(layout(&s1).map(|l| l.column_step(&s1)), Some(1));
         // 16 output pixels per row, or 48 filters: not tiled.
         assert!(layout(&geometry(2, 8, 16, 32, 1)).is_none());
         assert!(layout(&geometry(2, 8, 14, 48, 1)).is_none());

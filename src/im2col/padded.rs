@@ -44,8 +44,9 @@ const CHUNK: usize = 16;
 /// Where the padded planes of one image keep each element; see the module doc.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PaddedLayout {
-    /// Column phases: `stride_w` (1 when `stride_w = 1`). `min(stride_w, W + 2·pad_w)`
-    /// of them are stored, each `row_phases · rows_per_phase` rows.
+    /// Column phases: `stride_w` (1 when `stride_w = 1`, and for
+    /// [`PaddedLayout::unphased`]). `min(modulus, W + 2·pad_w)` of them are stored, each
+    /// `row_phases · rows_per_phase` rows.
     modulus: usize,
     /// Row phases: 1 (rows in order), or `stride_h` for [`PaddedLayout::with_row_phases`]:
     /// padded row `ih'` is stored as row `ih' / stride_h` of row phase `ih' % stride_h`.
@@ -70,7 +71,16 @@ impl PaddedLayout {
     /// much larger than the image and its output together (huge padding: the caller then
     /// lowers from the unpadded planes) or not addressable.
     pub(crate) fn new(geo: &ConvGeometry) -> Option<PaddedLayout> {
-        Self::build(geo, 1, false)
+        Self::build(geo, 1, false, geo.w.stride)
+    }
+
+    /// As [`PaddedLayout::new`], but with the columns in order whatever the stride (no
+    /// column phases): output pixel `q` is then `q·stride_w` past its tap offsets
+    /// ([`PaddedLayout::column_step`]). For kernels that read each pixel's input by a
+    /// scalar broadcast, which need no contiguous runs: the copy is then a plain one,
+    /// where splitting phases shuffles every row.
+    pub(crate) fn unphased(geo: &ConvGeometry) -> Option<PaddedLayout> {
+        Self::build(geo, 1, false, 1)
     }
 
     /// As [`PaddedLayout::new`], with the rows split into `stride_h` phases as well as
@@ -78,7 +88,7 @@ impl PaddedLayout {
     /// every tap offset, so the pixels of a whole plane, `row_len − Q` junk columns per
     /// row included, form one flat vector per tap.
     pub(crate) fn with_row_phases(geo: &ConvGeometry) -> Option<PaddedLayout> {
-        Self::build(geo, geo.h.stride, false)
+        Self::build(geo, geo.h.stride, false, geo.w.stride)
     }
 
     /// For a stride-1 layer: rows in order, each stored row `L = max(W + pad_w, Q)` long
@@ -93,13 +103,18 @@ impl PaddedLayout {
         if geo.h.stride != 1 || geo.w.stride != 1 {
             return None;
         }
-        Self::build(geo, 1, true)
+        Self::build(geo, 1, true, geo.w.stride)
     }
 
-    fn build(geo: &ConvGeometry, row_phases: usize, shared: bool) -> Option<PaddedLayout> {
+    /// `modulus`: column phases, `stride_w` (or 1: columns in order).
+    fn build(
+        geo: &ConvGeometry,
+        row_phases: usize,
+        shared: bool,
+        modulus: usize,
+    ) -> Option<PaddedLayout> {
         let rows = geo.h.input.checked_add(geo.h.padding.checked_mul(2)?)?;
         let cols = geo.w.input.checked_add(geo.w.padding.checked_mul(2)?)?;
-        let modulus = geo.w.stride;
         let phases = modulus.min(cols);
         // Stored columns per row: without the right padding when rows share it, but
         // at least Q (a row's outputs must not reach the next row's).
@@ -149,6 +164,17 @@ impl PaddedLayout {
         ((row % self.row_phases) * self.rows_per_phase).saturating_add(row / self.row_phases)
     }
 
+    /// Output pixels `q` and `q + 1` of a row are this far apart past any tap offset: 1
+    /// with column phases, `stride_w` without ([`PaddedLayout::unphased`]).
+    pub(crate) fn column_step(&self, geo: &ConvGeometry) -> usize {
+        geo.w.stride / self.modulus
+    }
+
+    /// Elements of one padded row of a channel, over all its column phases.
+    pub(crate) fn padded_row_len(&self) -> usize {
+        self.phases * self.row_len
+    }
+
     /// Elements of the padded copy of `channels` channels.
     pub(crate) fn buffer_len(&self, channels: usize) -> usize {
         self.channel_len * channels
@@ -182,7 +208,7 @@ impl PaddedLayout {
 
 impl PaddedLayout {
     /// The elements of phase `phase`'s rows that hold image columns: `lo..hi`, element
-    /// `i` holding image column `first + (i − lo)·stride_w` (the rest is padding).
+    /// `i` holding image column `first + (i − lo)·modulus` (the rest is padding).
     fn interior_columns(&self, geo: &ConvGeometry, phase: usize) -> (usize, usize, usize) {
         let (w, pw, m) = (geo.w.input, geo.w.padding, self.modulus);
         // Element i holds padded column i·m + phase, image column i·m + phase − pw.

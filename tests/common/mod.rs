@@ -291,10 +291,20 @@ pub fn battery() -> Vec<Case> {
             name: "pixel_tiles_3x3",
             spec: spec(3, 32, [6, 28], 64, [3, 3], one, one, one, 1),
         },
-        // Strided and dilated: the column phases make each tap's inputs consecutive.
+        // Strided and dilated: at stride 2 the planes keep their columns in order and
+        // the kernel steps two elements per pixel; at stride 3, column phases make each
+        // tap's inputs consecutive. Horizontal stride alone, too.
         Case {
             name: "pixel_tiles_stride2_dilated",
             spec: spec(2, 6, [30, 27], 32, [3, 3], [2, 2], one, [2, 1], 1),
+        },
+        Case {
+            name: "pixel_tiles_stride_1x2",
+            spec: spec(2, 5, [4, 28], 32, [3, 3], [1, 2], one, one, 1),
+        },
+        Case {
+            name: "pixel_tiles_stride_1x3",
+            spec: spec(2, 4, [5, 42], 32, [3, 3], [1, 3], one, one, 1),
         },
         // A single image (its panels split across tasks), 15 taps, uneven padding.
         Case {
