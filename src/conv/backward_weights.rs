@@ -36,7 +36,8 @@ use crate::blocked::{StridedA, gemm_packed};
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
 use crate::im2col::{
-    PaddedIm2colTB, PaddedLayout, PlaneLayout, WideDyT, WideTapsA, im2col, pad_planes, split_phases,
+    PaddedIm2colTB, PaddedLayout, PlaneLayout, WideDyT, WideTapsA, im2col, pad_planes,
+    padded_input, split_phases,
 };
 use crate::parallel::*;
 use crate::scratch::{Slot, take, take_from};
@@ -150,7 +151,8 @@ pub(crate) fn phased_len(geo: &ConvGeometry, elem_size: usize) -> usize {
         return wide.buffer_len(split(geo, elem_size).block_channels);
     }
     if let Some(padded) = padded_layout(geo) {
-        return padded.buffer_len(split(geo, elem_size).block_channels);
+        // None where the planes are the input's own (`padded_input`).
+        return padded.copy_len(geo, split(geo, elem_size).block_channels);
     }
     let layout = PlaneLayout::for_lowering(geo);
     if layout.is_dense() {
@@ -253,8 +255,7 @@ pub(crate) fn backward_weights<T: Element>(
                         if let Some(padded) = &padded {
                             // dW_g (kg × rows) = dy_g (kg × pixels) · colᵀ, colᵀ packed
                             // straight from padded planes; the first image overwrites.
-                            let planes = &mut phased[..padded.buffer_len(channels)];
-                            pad_planes(geo, padded, dense, planes);
+                            let planes = padded_input(geo, padded, dense, phased);
                             let b = PaddedIm2colTB {
                                 geo,
                                 layout: padded,

@@ -41,7 +41,7 @@ use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
 use crate::im2col::{
     Im2colB, PaddedIm2colB, PaddedLayout, PlaneLayout, WideIm2colB, im2col, pad_planes,
-    split_phases,
+    padded_input, split_phases,
 };
 use crate::parallel::*;
 use crate::scratch::take;
@@ -153,11 +153,12 @@ fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
 
 /// Elements of the padded or phase-split copy of one image (0 for the dense layout).
 fn phased_len(geo: &ConvGeometry) -> usize {
-    let padded = pixel_tiles::layout(geo)
-        .or_else(|| wide_layout(geo))
-        .or_else(|| padded_layout(geo));
-    if let Some(padded) = padded.or_else(|| single_image_padded(geo)) {
+    if let Some(padded) = pixel_tiles::layout(geo).or_else(|| wide_layout(geo)) {
         return padded.buffer_len(geo.in_channels);
+    }
+    if let Some(padded) = padded_layout(geo).or_else(|| single_image_padded(geo)) {
+        // None where the planes are the input's own (`padded_input`).
+        return padded.copy_len(geo, geo.in_channels);
     }
     let layout = PlaneLayout::for_lowering(geo);
     if layout.is_dense() {
@@ -269,9 +270,9 @@ fn forward_padded<T: Element>(
     y.par_chunks_exact_mut(y_image)
         .zip(x.par_chunks_exact(x_image))
         .for_each_init(
-            || take::<T>(padded.buffer_len(geo.in_channels)),
-            |planes, (y_n, x_n)| {
-                pad_planes(geo, padded, x_n, planes);
+            || take::<T>(padded.copy_len(geo, geo.in_channels)),
+            |buffer, (y_n, x_n)| {
+                let planes = padded_input(geo, padded, x_n, buffer);
                 for g in 0..geo.groups {
                     let b = Columns::Padded(PaddedIm2colB::group(geo, padded, planes, g));
                     let y_g = &mut y_n[g * kg * geo.out_plane..][..kg * geo.out_plane];
@@ -658,10 +659,10 @@ fn forward_single_padded<T: Element>(
         y_g.par_chunks_mut(filter_block * geo.out_plane)
             .enumerate()
             .for_each(|(i, y_block)| {
-                let mut planes = take::<T>(padded.buffer_len(cg));
-                pad_planes(geo, padded, x_g, &mut planes);
-                // The group's channels are all this copy holds: its group 0.
-                let b = Columns::Padded(PaddedIm2colB::group(geo, padded, &planes, 0));
+                let mut buffer = take::<T>(padded.copy_len(geo, cg));
+                let planes = padded_input(geo, padded, x_g, &mut buffer);
+                // The group's channels are all these planes hold: their group 0.
+                let b = Columns::Padded(PaddedIm2colB::group(geo, padded, planes, 0));
                 let rows = y_block.len() / geo.out_plane;
                 let k0 = g * kg + i * filter_block;
                 gemm_rows(

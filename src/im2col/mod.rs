@@ -29,7 +29,7 @@ use std::ops::Range;
 
 pub(crate) use padded::{
     PaddedIm2colB, PaddedIm2colTB, PaddedLayout, WideIm2colB, col2im_padded, pad_planes,
-    unpad_planes,
+    padded_input, unpad_planes,
 };
 pub(crate) use wide_weights::{WideDyT, WideTapsA};
 

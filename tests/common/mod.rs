@@ -172,6 +172,16 @@ pub fn battery() -> Vec<Case> {
             name: "kernel_equals_input_no_pad",
             spec: spec(2, 3, [4, 4], 4, [4, 4], one, zero, one, 1),
         },
+        // Valid convolutions (no padding, stride 1): the packing reads the input planes
+        // in place instead of a padded copy. A single image, and groups.
+        Case {
+            name: "valid_single_image",
+            spec: spec(1, 6, [9, 11], 20, [3, 3], one, zero, one, 1),
+        },
+        Case {
+            name: "valid_grouped",
+            spec: spec(2, 8, [7, 9], 8, [3, 3], one, zero, one, 2),
+        },
         Case {
             name: "stride_larger_than_kernel",
             spec: spec(2, 3, [11, 10], 4, [2, 2], [3, 4], zero, one, 1),
