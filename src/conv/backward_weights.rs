@@ -36,8 +36,8 @@ use crate::blocked::{StridedA, gemm_packed};
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
 use crate::im2col::{
-    PaddedIm2colTB, PaddedLayout, PlaneLayout, WideDyT, WideTapsA, im2col, pad_planes,
-    padded_input, split_phases,
+    PaddedIm2colTB, PaddedLayout, PlaneLayout, WideDyT, WideTapsA, im2col, padded_input,
+    split_phases,
 };
 use crate::parallel::*;
 use crate::scratch::{Slot, take, take_from};
@@ -148,7 +148,7 @@ pub(crate) fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
 /// Elements of the phase-split copy of one block's channels (0 when dense).
 pub(crate) fn phased_len(geo: &ConvGeometry, elem_size: usize) -> usize {
     if let Some(wide) = wide_layout(geo) {
-        return wide.buffer_len(split(geo, elem_size).block_channels);
+        return wide.copy_len(geo, split(geo, elem_size).block_channels);
     }
     if let Some(padded) = padded_layout(geo) {
         // None where the planes are the input's own (`padded_input`).
@@ -226,8 +226,7 @@ pub(crate) fn backward_weights<T: Element>(
                         if let Some(wide) = &wide {
                             // dW_gᵀ (rows × kg) = col_wide (rows × flat) · dy_wideᵀ, the
                             // column matrix read in place; the first image overwrites.
-                            let planes = &mut phased[..wide.buffer_len(channels)];
-                            pad_planes(geo, wide, dense, planes);
+                            let planes = padded_input(geo, wide, dense, phased);
                             let a = WideTapsA {
                                 geo,
                                 layout: wide,

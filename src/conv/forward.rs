@@ -40,8 +40,8 @@ use crate::blocked::{PrepackedA, StridedA, StridedB, gemm_packed, prepacked_len}
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
 use crate::im2col::{
-    Im2colB, PaddedIm2colB, PaddedLayout, PlaneLayout, WideIm2colB, im2col, pad_planes,
-    padded_input, split_phases,
+    Im2colB, PaddedIm2colB, PaddedLayout, PlaneLayout, WideIm2colB, im2col, padded_input,
+    split_phases,
 };
 use crate::parallel::*;
 use crate::scratch::take;
@@ -153,10 +153,10 @@ fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
 
 /// Elements of the padded or phase-split copy of one image (0 for the dense layout).
 fn phased_len(geo: &ConvGeometry) -> usize {
-    if let Some(padded) = pixel_tiles::layout(geo).or_else(|| wide_layout(geo)) {
-        return padded.buffer_len(geo.in_channels);
-    }
-    if let Some(padded) = padded_layout(geo).or_else(|| single_image_padded(geo)) {
+    let padded = pixel_tiles::layout(geo)
+        .or_else(|| wide_layout(geo))
+        .or_else(|| padded_layout(geo));
+    if let Some(padded) = padded.or_else(|| single_image_padded(geo)) {
         // None where the planes are the input's own (`padded_input`).
         return padded.copy_len(geo, geo.in_channels);
     }
@@ -429,7 +429,7 @@ fn forward_wide_columns<T: Element>(
         (row_len, wide_len(geo, layout))
     };
     let tile = wide_tile(geo, layout, pixels, size_of::<T>());
-    let planes_len = layout.buffer_len(geo.in_channels);
+    let planes_len = layout.copy_len(geo, geo.in_channels);
     let c_tile_len = if pixels { 0 } else { kg * tile };
     let w_mat = weight_matrix(geo, w);
     let packed = prepack(geo, &w_mat);
@@ -439,7 +439,7 @@ fn forward_wide_columns<T: Element>(
             || take::<T>(planes_len + c_tile_len),
             |buffer, (y_n, x_n)| {
                 let (planes, c_tile) = buffer.split_at_mut(planes_len);
-                pad_planes(geo, layout, x_n, planes);
+                let planes = padded_input(geo, layout, x_n, planes);
                 for g in 0..geo.groups {
                     let y_g = &mut y_n[g * kg * geo.out_plane..][..kg * geo.out_plane];
                     for (col0, len) in tiles(columns, tile) {

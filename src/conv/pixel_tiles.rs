@@ -33,7 +33,7 @@ use crate::blocked::transpose::{Strided, transpose};
 use crate::blocked::{Engine, Kernel};
 use crate::element::Element;
 use crate::gemm::use_blocked;
-use crate::im2col::{PaddedLayout, pad_planes};
+use crate::im2col::{PaddedLayout, pad_planes, padded_input};
 use crate::parallel::*;
 use crate::scratch::{Slot, take, take_from, take_packing};
 use crate::shape::ConvGeometry;
@@ -121,9 +121,9 @@ pub(crate) fn forward<T: Element>(
     y.par_chunks_exact_mut(y_image)
         .zip(x.par_chunks_exact(x_image))
         .for_each_init(
-            || take::<T>(layout.buffer_len(geo.in_channels)),
-            |planes, (y_n, x_n)| {
-                pad_planes(geo, layout, x_n, planes);
+            || take::<T>(layout.copy_len(geo, geo.in_channels)),
+            |buffer, (y_n, x_n)| {
+                let planes = padded_input(geo, layout, x_n, buffer);
                 for row0 in (0..geo.h.output).step_by(band) {
                     let rows = row0..(row0 + band).min(geo.h.output);
                     let panels = y_n
@@ -163,9 +163,13 @@ pub(crate) fn forward_single_image<T: Element>(
     let nr = <T::Avx512 as Kernel<T>>::NR;
     let panel_len = geo.col_rows * nr;
     let taps = tap_offsets(geo, layout);
-    let mut planes = take::<T>(layout.buffer_len(geo.in_channels));
-    pad_in_parallel(geo, layout, x, &mut planes);
-    let planes = &planes[..];
+    let mut buffer = take::<T>(layout.copy_len(geo, geo.in_channels));
+    let planes = if layout.is_identity(geo) {
+        x
+    } else {
+        pad_in_parallel(geo, layout, x, &mut buffer);
+        &buffer[..layout.buffer_len(geo.in_channels)]
+    };
     y.par_chunks_exact_mut(nr * geo.out_plane)
         .zip(w.par_chunks_exact(panel_len))
         .enumerate()
@@ -292,12 +296,12 @@ impl<T: Element> Panel<'_, T> {
                     // SAFETY: the kernel reads `x + c·channel_len + taps[t] + i·pixel_step`
                     // (pixel_step 1 or 2, checked above) for c < channels, t < taps, i <
                     // 14: at most `farthest` (checked above) past `planes`, since p < P
-                    // and q0 + i < Q (Q is a multiple of 14). The
-                    // panel holds `C·R·S·NR` elements; the tile's `14·NR` elements from
-                    // `chunk + at` are in the chunk (q0 + 14 ≤ first + CHUNK_PIXELS, NR ≤
-                    // 32). `y + p·Q + q0 + j·plane` is only prefetched. The kernel exists
-                    // and the CPU has AVX-512F: `layout` took this path only when `isa()`
-                    // is AVX-512 and both kernels have tiles of 14.
+                    // and q0 + i < Q (Q is a multiple of 14). The panel holds `C·R·S·NR`
+                    // elements; the tile's `14·NR` elements from `chunk + at` are in the
+                    // chunk (q0 + 14 ≤ first + CHUNK_PIXELS, NR ≤ 32). `y + p·Q + q0 +
+                    // j·plane` is only prefetched. The kernel exists and the CPU has
+                    // AVX-512F: `layout` took this path only when `isa()` is AVX-512 and
+                    // both kernels have tiles of 14.
                     unsafe {
                         <T::Avx512 as Kernel<T>>::kernel_pixels(
                             channels,

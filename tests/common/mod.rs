@@ -182,6 +182,21 @@ pub fn battery() -> Vec<Case> {
             name: "valid_grouped",
             spec: spec(2, 8, [7, 9], 8, [3, 3], one, zero, one, 2),
         },
+        // Valid and read in place on the other routes: rows of 34 outputs (the forward
+        // reading the column matrix in place, the wide weight gradient); pixel tiles
+        // (rows of 14, 32 filters), batched and a single image.
+        Case {
+            name: "valid_wide",
+            spec: spec(2, 4, [4, 36], 8, [3, 3], one, zero, one, 1),
+        },
+        Case {
+            name: "valid_pixel_tiles",
+            spec: spec(2, 4, [5, 16], 32, [3, 3], one, zero, one, 1),
+        },
+        Case {
+            name: "valid_pixel_tiles_single_image",
+            spec: spec(1, 4, [5, 16], 32, [3, 3], one, zero, one, 1),
+        },
         Case {
             name: "stride_larger_than_kernel",
             spec: spec(2, 3, [11, 10], 4, [2, 2], [3, 4], zero, one, 1),
