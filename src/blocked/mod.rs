@@ -50,7 +50,7 @@ mod tests;
 pub use driver::RawMatMut;
 pub use kernel::Kernel;
 pub use pack::{PackA, PackB};
-pub(crate) use pack::{StridedA, StridedB};
+pub(crate) use pack::{RowsA, StridedA, StridedB};
 pub(crate) use prepacked::{PrepackedA, PrepackedB, prepacked_b_len, prepacked_len};
 
 use crate::element::Element;

@@ -168,6 +168,50 @@ impl<T: Element> PackA<T> for StridedA<'_, T> {
     }
 }
 
+/// A matrix whose rows are contiguous (unit column stride) as the A operand, read in
+/// place by rows ([`PackA::rows_in_place`], the kernel broadcasting from `MR` row runs)
+/// wherever the driver packs B, else packed as [`StridedA`] packs it: the weights of a
+/// forward that packs no weights of its own (a single image, grouped layers), which
+/// would otherwise be block-transposed into panels on every call. On the Zen 3 host
+/// (AVX2) that transpose was 12.6% of batch1_3x3_14's forward (`perf record`); read in
+/// place, `benches/ab.sh` over 16 rounds: 1.10 at 1 thread, 1.13 at 2 (best medians
+/// 77.6 → 81.2 and 98.1 → 111.3 GFLOP/s, on a host whose speed drifted ±30%).
+#[derive(Clone, Copy)]
+pub(crate) struct RowsA<'a, T>(pub(crate) MatRef<'a, T>);
+
+impl<T: Element> PackA<T> for RowsA<'_, T> {
+    fn rows(&self) -> usize {
+        self.0.rows
+    }
+    fn depth(&self) -> usize {
+        self.0.cols
+    }
+    fn pack_a(&self, mr: usize, rows: Range<usize>, depth: Range<usize>, dst: &mut [T]) {
+        StridedA(self.0).pack_a(mr, rows, depth, dst)
+    }
+
+    fn rows_in_place(
+        &self,
+        rows: Range<usize>,
+        depth: Range<usize>,
+        offsets: &mut [usize],
+    ) -> Option<&[T]> {
+        let m = &self.0;
+        let fits = m.col_stride == 1
+            && rows.end <= m.rows
+            && depth.end <= m.cols
+            && offsets.len() == rows.len();
+        fits.then(|| {
+            // Row r starts at r·row_stride, inside `data` (a valid view); the driver
+            // checks every run's end.
+            for (offset, r) in offsets.iter_mut().zip(rows) {
+                *offset = r * m.row_stride + depth.start;
+            }
+            m.data
+        })
+    }
+}
+
 impl<T: Element> PackB<T> for StridedB<'_, T> {
     fn depth(&self) -> usize {
         self.0.rows

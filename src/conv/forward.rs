@@ -36,7 +36,7 @@
 
 use super::pixel_tiles;
 use crate::activation::{Activation, apply_in_place};
-use crate::blocked::{PrepackedA, StridedA, StridedB, gemm_packed, prepacked_len};
+use crate::blocked::{PrepackedA, RowsA, StridedA, StridedB, gemm_packed, prepacked_len};
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
 use crate::im2col::{
@@ -750,7 +750,7 @@ fn gemm_rows<T: Element>(
         (Columns::Matrix(b), Some(p)) => gemm_packed(T::ONE, p, &StridedB(b), T::ZERO, c),
         (Columns::Fused(b), None) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
         (Columns::Fused(b), Some(p)) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
-        (Columns::Padded(b), None) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
+        (Columns::Padded(b), None) => gemm_packed(T::ONE, &RowsA(a), &b, T::ZERO, c),
         (Columns::Padded(b), Some(p)) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
         (Columns::Wide(b), None) => gemm_packed(T::ONE, &StridedA(a), &b, T::ZERO, c),
         (Columns::Wide(b), Some(p)) => gemm_packed(T::ONE, p, &b, T::ZERO, c),
