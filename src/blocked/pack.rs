@@ -354,19 +354,25 @@ fn deal_rows<T: Element, const NR: usize>(
         deal_all_rows::<T, NR>(m, k0, cols, kc, dst);
         return;
     }
-    // Narrow panels (`NR` < 32: the weights packed as A panels of MR rows) one group of
-    // 32 columns at a time: every panel of `kc` rows is a power-of-two number of bytes
-    // apart (8 KiB for f32), so writing all of them in one sweep over the rows
-    // had 36 write streams on one L1 set. batch1_3x3_14's input delta: 95.6 → 97.5
-    // GFLOP/s on 1 thread, 189 → 194 on 2.
-    let group = 32 / NR;
-    for g0 in (0..full).step_by(group) {
-        let g1 = full.min(g0 + group);
-        for kk in 0..kc {
-            let src = &m.data[(k0 + kk) * m.row_stride + cols.start + g0 * NR..][..(g1 - g0) * NR];
-            for (i, piece) in src.chunks_exact(NR).enumerate() {
-                let piece: &[T; NR] = piece.try_into().expect("chunks of NR");
-                let out: &mut [T; NR] = (&mut dst[((g0 + i) * kc + kk) * NR..][..NR])
+    // Bands of ROW_BAND rows, each dealt out panel by panel: the band's rows are read left
+    // to right, ROW_BAND streams at once, each line once; each panel receives ROW_BAND
+    // consecutive rows, one contiguous run, so one write stream at a time. (All panels in
+    // one sweep over the rows, `deal_all_rows`, had 36 write streams on one L1 set where
+    // `kc` put the panels a multiple of 4 KiB apart.) The bands replace strips of 32
+    // columns down all `kc` rows (`kc` read streams at once, two lines each, the next
+    // strip's lines evicted before use). On the Zen 3 host, 1 thread: that packing took
+    // 2× matrixmultiply's; blocked / matrixmultiply on `gemm_bench` (full runs) went
+    // 0.79–0.84 → 0.96–1.03 on 64x3136x576 and 0.74–0.83 → 0.97–1.10 on 64x576x3136; the
+    // pointwise forward (resnet_1x1_14, this packing 13.8% of it) 1.034 at 1 thread and
+    // 1.031 at 2, one process alternating the two forms call by call, 59 calls each.
+    const ROW_BAND: usize = 8;
+    for b0 in (0..kc).step_by(ROW_BAND) {
+        let b1 = kc.min(b0 + ROW_BAND);
+        for p in 0..full {
+            for kk in b0..b1 {
+                let src = &m.data[(k0 + kk) * m.row_stride + cols.start + p * NR..][..NR];
+                let piece: &[T; NR] = src.try_into().expect("NR elements");
+                let out: &mut [T; NR] = (&mut dst[(p * kc + kk) * NR..][..NR])
                     .try_into()
                     .expect("NR elements");
                 *out = *piece;
