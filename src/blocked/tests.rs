@@ -76,6 +76,10 @@ impl<T: Element> Stored<T> {
     fn get(&self, i: usize, j: usize) -> T {
         self.data[i * self.rs + j * self.cs]
     }
+    /// Every stored element's bits (as `f64`, exact for `f32`), padding included.
+    fn bits(&self) -> Vec<u64> {
+        self.data.iter().map(|v| v.to_f64().to_bits()).collect()
+    }
     fn view(&self) -> MatRef<'_, T> {
         MatRef {
             data: &self.data,
@@ -584,10 +588,7 @@ fn a_in_place_case<T: Element>() {
                         beta,
                         c.view_mut(),
                     );
-                    c.data
-                        .iter()
-                        .map(|v| v.to_f64().to_bits())
-                        .collect::<Vec<u64>>()
+                    c.bits()
                 };
                 assert!(
                     run(&col_major) == run(&row_major),
@@ -680,10 +681,7 @@ fn a_rows_case<T: Element>() {
                     let mut c = Stored::<T>::new(m, n, false, 0, || T::ZERO);
                     c.data.copy_from_slice(&c0.data);
                     a(c.view_mut());
-                    c.data
-                        .iter()
-                        .map(|v| v.to_f64().to_bits())
-                        .collect::<Vec<u64>>()
+                    c.bits()
                 };
                 let want = run(&|c| {
                     gemm_packed_on(
@@ -740,12 +738,6 @@ fn rows_a_case<T: Element>() {
             for &isa in &PATHS {
                 for (alpha, beta) in [(1.0, 0.0), (0.7, 1.0)] {
                     let (alpha, beta) = (T::from_f64(alpha), T::from_f64(beta));
-                    let bits = |c: &Stored<T>| {
-                        c.data
-                            .iter()
-                            .map(|v| v.to_f64().to_bits())
-                            .collect::<Vec<u64>>()
-                    };
                     let mut want = Stored::<T>::new(m, n, false, 0, || T::from_f64(0.25));
                     gemm_packed_on(
                         isa,
@@ -765,7 +757,7 @@ fn rows_a_case<T: Element>() {
                         got.view_mut(),
                     );
                     assert!(
-                        bits(&got) == bits(&want),
+                        got.bits() == want.bits(),
                         "{isa:?} {m}x{k}x{n} transposed {transposed} alpha {alpha:?} beta {beta:?}"
                     );
                 }
