@@ -19,8 +19,8 @@
 //!   per tap over the flattened plane ([`dot_flat`]).
 //!
 //! The commonest depthwise layer, 3×3 with stride 1 and no dilation, has its own AVX-512
-//! kernels ([`rows3`]) for all three passes: they read the planes directly with masked
-//! loads and form the taps' windows by shifting registers.
+//! and AVX2 kernels ([`rows3`]) for all three passes: they read the planes directly (with
+//! masked loads at the edges), and each input row they load serves three output rows.
 //!
 //! Other strides use straightforward loops on the padded plane (forward) or the scatter
 //! form (backward). Channel multipliers (`K = m·C`) are handled: output channel `k` reads
