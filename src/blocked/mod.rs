@@ -86,6 +86,16 @@ macro_rules! impl_engine {
 impl_engine!(f32);
 impl_engine!(f64);
 
+/// Columns of one B panel (the kernel's `NR`) on the path [`simd::isa`] selects: f32 32
+/// on AVX-512, 16 on AVX2; f64 half that.
+pub(crate) fn panel_width<T: Element>() -> usize {
+    match simd::isa() {
+        Isa::Avx512 => <T::Avx512 as Kernel<T>>::NR,
+        Isa::Avx2 => <T::Avx2 as Kernel<T>>::NR,
+        Isa::Scalar => <T::Portable as Kernel<T>>::NR,
+    }
+}
+
 /// `C = alpha · A · B + beta · C` on strided views, on the path [`simd::isa`] selects.
 /// If `beta` is zero, C is not read.
 ///

@@ -8,7 +8,8 @@
 //!   32 outputs): each image is copied once into padded planes (split into row and
 //!   column phases when strided), and the GEMM reads the taps' rows of those planes in
 //!   place ([`WideIm2colB`], `forward_wide`): over output pixels straight into `y` where
-//!   every panel lies within an output row (`Q` a multiple of 32, or one row), else over
+//!   every panel lies within an output row (`Q` a multiple of the kernel's panel width,
+//!   or one row), else over
 //!   *wide* columns (`p·row_len + q`, junk columns between output rows) into a `C` tile
 //!   whose valid columns are then written to `y`; no B panel is packed but partial ones;
 //! - blocked GEMM, batched, moderate padding: each image is copied once into padded planes
@@ -36,7 +37,9 @@
 
 use super::pixel_tiles;
 use crate::activation::{Activation, apply_in_place};
-use crate::blocked::{PrepackedA, RowsA, StridedA, StridedB, gemm_packed, prepacked_len};
+use crate::blocked::{
+    PrepackedA, RowsA, StridedA, StridedB, gemm_packed, panel_width, prepacked_len,
+};
 use crate::element::Element;
 use crate::gemm::{MatMut, MatRef, gemm, use_blocked};
 use crate::im2col::{
@@ -119,7 +122,7 @@ pub(crate) fn leftover_images(geo: &ConvGeometry) -> usize {
 pub(crate) fn scratch_lens<T: Element>(geo: &ConvGeometry) -> (usize, usize) {
     let lens = |g: &ConvGeometry| {
         (
-            column_buffer_len(g, size_of::<T>()) + phased_len(g),
+            column_buffer_len::<T>(g) + phased_len(g),
             packed_weights_len::<T>(g),
         )
     };
@@ -133,12 +136,13 @@ pub(crate) fn scratch_lens<T: Element>(geo: &ConvGeometry) -> (usize, usize) {
 
 /// Elements of the column buffer a task uses (per image for `N ≥ 2`, per call for a single
 /// image; none when im2col is fused into the GEMM's packing).
-fn column_buffer_len(geo: &ConvGeometry, elem_size: usize) -> usize {
+fn column_buffer_len<T: Element>(geo: &ConvGeometry) -> usize {
+    let elem_size = size_of::<T>();
     if pixel_tiles::layout(geo).is_some() {
         return 0;
     }
     if let Some(layout) = wide_layout(geo) {
-        return if pixel_columns(geo) {
+        return if pixel_columns::<T>(geo) {
             0
         } else {
             geo.filters_per_group * wide_tile(geo, &layout, false, elem_size)
@@ -204,7 +208,7 @@ pub(crate) fn forward<T: Element>(
     }
     let layout = PlaneLayout::for_lowering(geo);
     let tile = tile_for(geo, size_of::<T>());
-    let col_len = column_buffer_len(geo, size_of::<T>());
+    let col_len = column_buffer_len::<T>(geo);
     if let Some(layout) = wide_layout(geo) {
         return forward_wide(geo, &layout, x, w, bias, act, y);
     }
@@ -360,16 +364,17 @@ pub(crate) fn takes_padded_path(geo: &ConvGeometry) -> bool {
 }
 
 /// Whether the wide path's columns are output pixels only ([`WideIm2colB`] with `Q`
-/// columns per row, the GEMM writing `y` directly): where every panel of 32 columns then
-/// lies within one output row (`Q` a multiple of 32, or a single output row). Elsewhere
+/// columns per row, the GEMM writing `y` directly): where every panel ([`panel_width`]
+/// columns: f32 32 on AVX-512, 16 on AVX2) then lies within one output row (`Q` a
+/// multiple of it, or a single output row). Elsewhere
 /// the columns include the junk between output rows, every panel is read in place into a
 /// `C` tile, and its valid columns are copied to `y`. Pixels only against junk columns, 1
 /// thread, best of 3 alternated, GFLOP/s: dilated_3x3 (Q = 64) 102.7 → 107.9 (2 threads
 /// 204.5 → 217.0), audio_1x9 (one row) 105.9 → 109.2; resnet_3x3_56 (Q = 56: 3 panels
 /// in 7 cross a row end and are packed) 103.2 → 100.2, hence the condition. Dilated
 /// input delta (a transposed forward) 102.9 → 108.7 (2 threads 204.0 → 216.8).
-fn pixel_columns(geo: &ConvGeometry) -> bool {
-    geo.h.output == 1 || geo.w.output.is_multiple_of(32)
+fn pixel_columns<T: Element>(geo: &ConvGeometry) -> bool {
+    geo.h.output == 1 || geo.w.output.is_multiple_of(panel_width::<T>())
 }
 
 /// Columns per tile of the wide path: a multiple of 32 (whole GEMM panels).
@@ -403,7 +408,7 @@ fn forward_wide<T: Element>(
     act: Activation,
     y: &mut [T],
 ) {
-    forward_wide_columns(geo, layout, pixel_columns(geo), x, w, bias, act, y)
+    forward_wide_columns(geo, layout, pixel_columns::<T>(geo), x, w, bias, act, y)
 }
 
 /// [`forward_wide`] with output-pixel columns (`pixels`) or wide ones, whichever the
@@ -573,7 +578,7 @@ fn forward_single_image<T: Element>(
         &phased_storage
     };
     let tile = tile_for(geo, size_of::<T>());
-    let mut col = take::<T>(column_buffer_len(geo, size_of::<T>()));
+    let mut col = take::<T>(column_buffer_len::<T>(geo));
     let channel_block = cg.div_ceil(SINGLE_IMAGE_CHANNEL_BLOCKS);
     let filter_block = kg
         .div_ceil(SINGLE_IMAGE_FILTER_BLOCKS)
