@@ -13,6 +13,8 @@
 
 use std::sync::OnceLock;
 
+pub(crate) mod masked;
+
 /// An instruction-set level for the crate's vectorized loops.
 ///
 /// Nominally `pub` (in this private module, so unnameable outside the crate) because the

@@ -24,6 +24,7 @@
 //! are bit-identical to it.
 
 use crate::shape::ConvGeometry;
+use crate::simd::masked::column_mask;
 
 /// The 3×3 row kernel of one element type (a hidden supertrait of
 /// [`Element`](crate::Element), so the generic forward can name it).
@@ -107,19 +108,6 @@ impl Rows3Layer {
 /// Whether [`Rows3::rows3`] runs here (AVX-512 or AVX2 with FMA), for both element types.
 pub(crate) fn available() -> bool {
     cfg!(target_arch = "x86_64") && crate::simd::isa() != crate::simd::Isa::Scalar
-}
-
-/// Lanes `i` of a block starting at column `start` with `0 <= start + i < width`, as a
-/// bit mask (`lanes` at most 16).
-#[inline(always)]
-fn column_mask(start: isize, width: usize, lanes: usize) -> u16 {
-    let first = (-start).clamp(0, lanes as isize) as u32;
-    let end = (width as isize - start).clamp(0, lanes as isize) as u32;
-    if first >= end {
-        return 0;
-    }
-    let upto = |n: u32| if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
-    upto(end) & !upto(first)
 }
 
 /// Output rows in flight in the forward kernel: four independent FMA chains hide the FMA
@@ -332,7 +320,7 @@ macro_rules! impl_rows3 {
 /// The window `lo[S..] ‖ hi[..S]` of two consecutive vectors, and the masks, per ISA.
 #[cfg(target_arch = "x86_64")]
 mod windows {
-    use super::column_mask;
+    use crate::simd::masked::*;
     use std::arch::x86_64::*;
 
     /// AVX-512 masks are the lane bits themselves.
@@ -409,21 +397,6 @@ mod windows {
         ]
     }
 
-    /// AVX2 masks: a vector whose lane `i` has its sign bit set where bit `i` is.
-    #[target_feature(enable = "avx2")]
-    pub(super) fn mask_f32x8(bits: u16) -> __m256i {
-        let lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-        let set = _mm256_and_si256(_mm256_set1_epi32(i32::from(bits)), lane_bits);
-        _mm256_cmpeq_epi32(set, lane_bits)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) fn mask_f64x4(bits: u16) -> __m256i {
-        let lane_bits = _mm256_setr_epi64x(1, 2, 4, 8);
-        let set = _mm256_and_si256(_mm256_set1_epi64x(i64::from(bits)), lane_bits);
-        _mm256_cmpeq_epi64(set, lane_bits)
-    }
-
     /// AVX2 windows: three (unaligned) loads at `start + s`, masked only where a window
     /// reaches outside the row. (Two loads and shifts across the 128-bit halves, as
     /// AVX-512 does, ran slower than the general path: with 9 taps, 4 sums and the
@@ -497,78 +470,9 @@ mod windows {
             unsafe { std::array::from_fn(|s| _mm256_maskload_pd(at(s), m.masks[s])) }
         }
     }
-
-    /// A masked store, with the AVX-512 argument order. AMD's `vmaskmovps` store is
-    /// microcoded (at one per block it made this kernel slower than the padded copy and
-    /// unmasked loads of the general path): full blocks take a plain store, a partial one
-    /// lane by lane.
-    ///
-    /// # Safety
-    /// AVX2; the enabled lanes of `p` are valid for writes.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn store_f32x8(p: *mut f32, mask: __m256i, v: __m256) {
-        let lanes = _mm256_movemask_ps(_mm256_castsi256_ps(mask));
-        if lanes == 0xFF {
-            // SAFETY: the caller's contract, all 8 lanes enabled.
-            unsafe { _mm256_storeu_ps(p, v) }
-        } else {
-            let mut tmp = [0.0f32; 8];
-            // SAFETY: `tmp` holds 8 elements.
-            unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), v) };
-            for (i, &value) in tmp.iter().enumerate() {
-                if lanes & (1 << i) != 0 {
-                    // SAFETY: the caller's contract, lane `i` enabled.
-                    unsafe { *p.add(i) = value };
-                }
-            }
-        }
-    }
-
-    /// As [`store_f32x8`], for f64.
-    ///
-    /// # Safety
-    /// AVX2; the enabled lanes of `p` are valid for writes.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn store_f64x4(p: *mut f64, mask: __m256i, v: __m256d) {
-        let lanes = _mm256_movemask_pd(_mm256_castsi256_pd(mask));
-        if lanes == 0xF {
-            // SAFETY: the caller's contract, all 4 lanes enabled.
-            unsafe { _mm256_storeu_pd(p, v) }
-        } else {
-            let mut tmp = [0.0f64; 4];
-            // SAFETY: `tmp` holds 4 elements.
-            unsafe { _mm256_storeu_pd(tmp.as_mut_ptr(), v) };
-            for (i, &value) in tmp.iter().enumerate() {
-                if lanes & (1 << i) != 0 {
-                    // SAFETY: the caller's contract, lane `i` enabled.
-                    unsafe { *p.add(i) = value };
-                }
-            }
-        }
-    }
-
-    /// `_mm256_maskload_ps` with the AVX-512 argument order.
-    ///
-    /// # Safety
-    /// AVX2; the enabled lanes of `p` are valid for reads.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn load_f32x8(mask: __m256i, p: *const f32) -> __m256 {
-        // SAFETY: the caller's contract; disabled lanes are not accessed.
-        unsafe { _mm256_maskload_ps(p, mask) }
-    }
-
-    /// `_mm256_maskload_pd` with the AVX-512 argument order.
-    ///
-    /// # Safety
-    /// AVX2; the enabled lanes of `p` are valid for reads.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn load_f64x4(mask: __m256i, p: *const f64) -> __m256d {
-        // SAFETY: the caller's contract; disabled lanes are not accessed.
-        unsafe { _mm256_maskload_pd(p, mask) }
-    }
 }
 #[cfg(target_arch = "x86_64")]
-use {crate::simd::Isa, windows::*};
+use {crate::simd::Isa, crate::simd::masked::*, windows::*};
 
 rows3_kernels!(
     f32,
@@ -656,22 +560,6 @@ impl_rows3!(
     avx512 = (rows3_f64_avx512, rows3_grad_f64_avx512),
     avx2 = (rows3_f64_avx2, rows3_grad_f64_avx2)
 );
-
-#[cfg(test)]
-mod tests {
-    use super::column_mask;
-
-    #[test]
-    fn column_masks() {
-        assert_eq!(column_mask(0, 28, 16), 0xFFFF);
-        assert_eq!(column_mask(-1, 28, 16), 0xFFFE);
-        assert_eq!(column_mask(15, 28, 16), 0x1FFF); // columns 15..28
-        assert_eq!(column_mask(31, 28, 16), 0);
-        assert_eq!(column_mask(-20, 28, 16), 0);
-        assert_eq!(column_mask(-2, 3, 8), 0b11100);
-        assert_eq!(column_mask(0, 5, 8), 0b11111);
-    }
-}
 
 #[cfg(test)]
 mod equal_to_general_path {
