@@ -33,6 +33,7 @@ pub trait Element:
     + crate::scratch::ThreadBuffer
     + crate::blocked::Engine
     + crate::depthwise::Rows3
+    + crate::conv::DirectKernel
 {
     /// Additive identity.
     const ZERO: Self;

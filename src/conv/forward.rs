@@ -27,7 +27,9 @@
 //!   im2col copies contiguous runs.
 //!
 //! A pointwise layer (1×1, stride 1, no padding) skips im2col: the input planes are the
-//! column matrix.
+//! column matrix. A short reduction (`C·R·S` at most 32, stride 1, ungrouped) is not
+//! lowered at all: [`direct_forward`] reads its taps from the padded planes into register
+//! tiles.
 //!
 //! Parallelism: over images when `N ≥ 2`. A single image runs the GEMM in parallel over
 //! blocks of output channels, whose rows of `y` are disjoint (on the column-tile path it
@@ -35,7 +37,7 @@
 //! divide evenly among the threads hands its last one or two images to that single-image
 //! path ([`leftover_images`]), so no thread idles for a whole image.
 
-use super::pixel_tiles;
+use super::{direct_forward, pixel_tiles};
 use crate::activation::{Activation, apply_in_place};
 use crate::blocked::{
     PrepackedA, RowsA, StridedA, StridedB, gemm_packed, panel_width, prepacked_len,
@@ -120,6 +122,9 @@ pub(crate) fn leftover_images(geo: &ConvGeometry) -> usize {
 /// [`leftover_images`] to the single-image path, the larger of the two paths' needs
 /// (they run one after the other).
 pub(crate) fn scratch_lens<T: Element>(geo: &ConvGeometry) -> (usize, usize) {
+    if let Some(layout) = direct_forward::layout(geo) {
+        return direct_forward::scratch_lens(geo, &layout);
+    }
     let lens = |g: &ConvGeometry| {
         (
             column_buffer_len::<T>(g) + phased_len(g),
@@ -172,7 +177,25 @@ fn phased_len(geo: &ConvGeometry) -> usize {
     }
 }
 
+/// `y = f(conv(x, w) + bias)`: by [`direct_forward`] for the short reductions it takes,
+/// else lowered to the GEMM ([`forward_lowered`]).
 pub(crate) fn forward<T: Element>(
+    geo: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    act: Activation,
+    y: &mut [T],
+) {
+    if let Some(layout) = direct_forward::layout(geo) {
+        return direct_forward::forward(geo, &layout, x, w, bias, act, y);
+    }
+    forward_lowered(geo, x, w, bias, act, y)
+}
+
+/// [`forward`] by im2col and the GEMM, in one of the ways of the module doc, for any
+/// layer.
+pub(super) fn forward_lowered<T: Element>(
     geo: &ConvGeometry,
     x: &[T],
     w: &[T],
@@ -193,7 +216,7 @@ pub(crate) fn forward<T: Element>(
         let full = geo.batch - leftover;
         let (x_full, x_rest) = x.split_at(full * x_image);
         let (y_full, y_rest) = y.split_at_mut(full * y_image);
-        forward(&geo.with_batch(full), x_full, w, bias, act, y_full);
+        forward_lowered(&geo.with_batch(full), x_full, w, bias, act, y_full);
         let one = geo.with_batch(1);
         for (x_n, y_n) in x_rest
             .chunks_exact(x_image)

@@ -13,9 +13,12 @@
 
 mod backward_data;
 mod backward_weights;
+mod direct_forward;
 mod forward;
 mod pixel_tiles;
 mod small_filter;
+
+pub use direct_forward::DirectKernel;
 
 use crate::activation::Activation;
 use crate::depthwise;
@@ -207,8 +210,9 @@ pub struct Conv2d {
 /// How a plan computes its passes; chosen once, in [`Conv2d::new`], by [`Algorithm::choose`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Algorithm {
-    /// im2col (or the input itself, for pointwise layers) plus a GEMM; the weight
-    /// gradient of layers with few taps by direct dot products ([`small_filter`]).
+    /// im2col (or the input itself, for pointwise layers) plus a GEMM; the forward of
+    /// short reductions by register tiles ([`direct_forward`]) and the weight gradient of
+    /// layers with few taps by direct dot products ([`small_filter`]).
     Gemm,
     /// Direct per-plane kernels ([`crate::depthwise`]).
     Depthwise,

@@ -24,6 +24,7 @@
 //! are bit-identical to it.
 
 use crate::shape::ConvGeometry;
+#[cfg(target_arch = "x86_64")]
 use crate::simd::masked::column_mask;
 
 /// The 3×3 row kernel of one element type (a hidden supertrait of
@@ -115,6 +116,7 @@ pub(crate) fn available() -> bool {
 /// and 2 on AVX2: its 10 sums, the `dy` rows and the 3 windows must fit 16 registers;
 /// with 4 they spilled and the kernel ran 0.8–0.9× the general path, with 2 it runs
 /// 1.13–1.2× it, 1 thread, on mobilenet_dw.)
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const BLOCKS: usize = 4;
 
 /// The two kernels of one element type and instruction set, written once: `L` lanes per

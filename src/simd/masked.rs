@@ -4,6 +4,7 @@
 
 /// Lanes `i` of a block starting at column `start` with `0 <= start + i < width`, as a
 /// bit mask (`lanes` at most 16).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn column_mask(start: isize, width: usize, lanes: usize) -> u16 {
     let first = (-start).clamp(0, lanes as isize) as u32;
