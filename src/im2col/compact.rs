@@ -20,6 +20,7 @@ pub(super) const MIN_ROWS: usize = if cfg!(test) { 2 } else { 32 };
 
 /// The pixels of one half panel as positions in a plane: lane `i < valid` takes element
 /// `lo + idx[i]` (past the tap's offset); the `span` elements from `lo` hold them all.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) struct HalfPanel {
     lo: usize,
     span: usize,
