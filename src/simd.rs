@@ -176,6 +176,64 @@ macro_rules! dispatch {
     };
 }
 
+/// [`copy_exact`] of the same `len` elements for many rows: for every `i <
+/// offsets.len()`, `dst[i·dst_step ..][..len] = src[offsets[i] ..][..len]`. The moves'
+/// widths are chosen once for all the rows, so the loop over the rows is a plain run of
+/// fixed-width moves (row by row, `copy_exact` re-chose them for every row: on LeNet's
+/// second layer, whose runs are 8 pixels, that packing was 23% of the forward).
+#[inline(always)]
+pub(crate) fn copy_exact_rows<T: Copy>(
+    dst: &mut [T],
+    dst_step: usize,
+    src: &[T],
+    offsets: &[usize],
+    len: usize,
+) {
+    #[inline(always)]
+    fn rows<T: Copy, const W: usize>(
+        dst: &mut [T],
+        dst_step: usize,
+        src: &[T],
+        offsets: &[usize],
+        at: usize,
+    ) {
+        for (i, &offset) in offsets.iter().enumerate() {
+            let to: &mut [T; W] = (&mut dst[i * dst_step + at..][..W]).try_into().unwrap();
+            *to = src[offset + at..][..W].try_into().unwrap();
+        }
+    }
+    /// Widths `W` at 0 and, when `len > W`, at `len − W` (overlapping).
+    #[inline(always)]
+    fn pair<T: Copy, const W: usize>(
+        dst: &mut [T],
+        dst_step: usize,
+        src: &[T],
+        offsets: &[usize],
+        len: usize,
+    ) {
+        rows::<T, W>(dst, dst_step, src, offsets, 0);
+        if len > W {
+            rows::<T, W>(dst, dst_step, src, offsets, len - W);
+        }
+    }
+    if len >= COPY_CHUNK {
+        let mut at = 0;
+        while at + COPY_CHUNK < len {
+            rows::<T, COPY_CHUNK>(dst, dst_step, src, offsets, at);
+            at += COPY_CHUNK;
+        }
+        rows::<T, COPY_CHUNK>(dst, dst_step, src, offsets, len - COPY_CHUNK);
+    } else if len >= COPY_CHUNK / 2 {
+        pair::<T, { COPY_CHUNK / 2 }>(dst, dst_step, src, offsets, len);
+    } else if len >= COPY_CHUNK / 4 {
+        pair::<T, { COPY_CHUNK / 4 }>(dst, dst_step, src, offsets, len);
+    } else if len >= 2 {
+        pair::<T, 2>(dst, dst_step, src, offsets, len);
+    } else if len == 1 {
+        rows::<T, 1>(dst, dst_step, src, offsets, 0);
+    }
+}
+
 /// Elements per move of [`copy_exact`]: one 64-byte vector of `f32`.
 const COPY_CHUNK: usize = 16;
 
@@ -213,5 +271,34 @@ pub(crate) fn copy_exact<T: Copy>(dst: &mut [T], src: &[T]) {
         pair::<T, 2>(dst, src);
     } else if len == 1 {
         dst[0] = src[0];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{copy_exact, copy_exact_rows};
+
+    /// Every length from 0 to past two chunks, rows at scattered offsets: each row gets
+    /// exactly its `len` source elements, and nothing outside them is touched.
+    #[test]
+    fn copies_exactly_the_runs() {
+        let src: Vec<u32> = (0..400).collect();
+        let offsets = [3, 150, 17, 299];
+        for len in 0..40 {
+            let step = len + 5;
+            let mut dst = vec![u32::MAX; offsets.len() * step];
+            copy_exact_rows(&mut dst, step, &src, &offsets, len);
+            let mut one_by_one = vec![u32::MAX; offsets.len() * step];
+            for (i, &offset) in offsets.iter().enumerate() {
+                copy_exact(&mut one_by_one[i * step..][..len], &src[offset..][..len]);
+                let row = &dst[i * step..][..step];
+                assert_eq!(&row[..len], &src[offset..][..len], "len {len} row {i}");
+                assert!(
+                    row[len..].iter().all(|&v| v == u32::MAX),
+                    "len {len} row {i}"
+                );
+            }
+            assert_eq!(dst, one_by_one, "len {len}");
+        }
     }
 }

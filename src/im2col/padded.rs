@@ -723,12 +723,7 @@ fn copy_runs<T: Element>(
         let pix = this.pix0 + j0 + at;
         let len = (out_w - pix % out_w).min(cols.end - at);
         let pixel = layout.pixel_offset(geo, pix);
-        for (kk, &tap) in taps.iter().enumerate() {
-            simd::copy_exact(
-                &mut rows[kk * nr + at..][..len],
-                &this.planes[tap + pixel..][..len],
-            );
-        }
+        simd::copy_exact_rows(&mut rows[at..], nr, &this.planes[pixel..], taps, len);
         at += len;
     }
 }
