@@ -425,53 +425,40 @@ mod windows {
         }
     }
 
-    /// # Safety
-    /// AVX2; the columns `masks` enable are valid for reads.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn windows_f32x8(
-        m: &Windows256,
-        row: *const f32,
-        start: isize,
-    ) -> [__m256; 3] {
-        let at = |s: usize| row.wrapping_offset(start + s as isize);
-        if m.inside {
-            // SAFETY: the caller's contract: every column of the three windows is enabled.
-            unsafe {
-                [
-                    _mm256_loadu_ps(at(0)),
-                    _mm256_loadu_ps(at(1)),
-                    _mm256_loadu_ps(at(2)),
-                ]
+    /// The AVX2 windows function of one element type.
+    macro_rules! avx2_windows {
+        ($name:ident, $t:ty, $v:ty, $loadu:ident, $maskload:ident) => {
+            #[doc = concat!("The three windows of a row at `start` (", stringify!($t), ").")]
+            ///
+            /// # Safety
+            /// AVX2; the columns `masks` enable are valid for reads.
+            #[target_feature(enable = "avx2")]
+            pub(super) unsafe fn $name(m: &Windows256, row: *const $t, start: isize) -> [$v; 3] {
+                let at = |s: usize| row.wrapping_offset(start + s as isize);
+                if m.inside {
+                    // SAFETY: the caller's contract: every column of the windows is enabled.
+                    unsafe { [$loadu(at(0)), $loadu(at(1)), $loadu(at(2))] }
+                } else {
+                    // SAFETY: the caller's contract; disabled lanes are not accessed.
+                    unsafe { std::array::from_fn(|s| $maskload(at(s), m.masks[s])) }
+                }
             }
-        } else {
-            // SAFETY: the caller's contract; disabled lanes are not accessed.
-            unsafe { std::array::from_fn(|s| _mm256_maskload_ps(at(s), m.masks[s])) }
-        }
+        };
     }
-
-    /// # Safety
-    /// AVX2; the columns `masks` enable are valid for reads.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn windows_f64x4(
-        m: &Windows256,
-        row: *const f64,
-        start: isize,
-    ) -> [__m256d; 3] {
-        let at = |s: usize| row.wrapping_offset(start + s as isize);
-        if m.inside {
-            // SAFETY: the caller's contract: every column of the three windows is enabled.
-            unsafe {
-                [
-                    _mm256_loadu_pd(at(0)),
-                    _mm256_loadu_pd(at(1)),
-                    _mm256_loadu_pd(at(2)),
-                ]
-            }
-        } else {
-            // SAFETY: the caller's contract; disabled lanes are not accessed.
-            unsafe { std::array::from_fn(|s| _mm256_maskload_pd(at(s), m.masks[s])) }
-        }
-    }
+    avx2_windows!(
+        windows_f32x8,
+        f32,
+        __m256,
+        _mm256_loadu_ps,
+        _mm256_maskload_ps
+    );
+    avx2_windows!(
+        windows_f64x4,
+        f64,
+        __m256d,
+        _mm256_loadu_pd,
+        _mm256_maskload_pd
+    );
 }
 #[cfg(target_arch = "x86_64")]
 use {crate::simd::Isa, crate::simd::masked::*, windows::*};

@@ -40,54 +40,54 @@ mod avx2 {
         _mm256_cmpeq_epi64(set, lane_bits)
     }
 
-    /// A masked store, with the AVX-512 argument order. AMD's `vmaskmovps` store is
-    /// microcoded (at one per block it made the depthwise row kernel slower than the padded copy and
-    /// unmasked loads of the general path): full blocks take a plain store, a partial one
-    /// lane by lane.
-    ///
-    /// # Safety
-    /// AVX2; the enabled lanes of `p` are valid for writes.
-    #[target_feature(enable = "avx2")]
-    pub(crate) unsafe fn store_f32x8(p: *mut f32, mask: __m256i, v: __m256) {
-        let lanes = _mm256_movemask_ps(_mm256_castsi256_ps(mask));
-        if lanes == 0xFF {
-            // SAFETY: the caller's contract, all 8 lanes enabled.
-            unsafe { _mm256_storeu_ps(p, v) }
-        } else {
-            let mut tmp = [0.0f32; 8];
-            // SAFETY: `tmp` holds 8 elements.
-            unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), v) };
-            for (i, &value) in tmp.iter().enumerate() {
-                if lanes & (1 << i) != 0 {
-                    // SAFETY: the caller's contract, lane `i` enabled.
-                    unsafe { *p.add(i) = value };
+    /// A masked store with the AVX-512 argument order, for one element type. AMD's
+    /// `vmaskmovps` store is microcoded (at one per block it made the depthwise row
+    /// kernel slower than the padded copy and unmasked loads of the general path): full
+    /// blocks take a plain store, a partial one lane by lane.
+    macro_rules! masked_store {
+        ($name:ident, $t:ty, $v:ty, $lanes:literal, $movemask:ident, $cast:ident, $storeu:ident) => {
+            #[doc = concat!("Stores the lanes of `v` that `mask` enables (", stringify!($t), ").")]
+            ///
+            /// # Safety
+            /// AVX2; the enabled lanes of `p` are valid for writes.
+            #[target_feature(enable = "avx2")]
+            pub(crate) unsafe fn $name(p: *mut $t, mask: __m256i, v: $v) {
+                let lanes = $movemask($cast(mask));
+                if lanes == (1 << $lanes) - 1 {
+                    // SAFETY: the caller's contract, all lanes enabled.
+                    unsafe { $storeu(p, v) }
+                } else {
+                    let mut tmp = [0.0; $lanes];
+                    // SAFETY: `tmp` holds one vector.
+                    unsafe { $storeu(tmp.as_mut_ptr(), v) };
+                    for (i, &value) in tmp.iter().enumerate() {
+                        if lanes & (1 << i) != 0 {
+                            // SAFETY: the caller's contract, lane `i` enabled.
+                            unsafe { *p.add(i) = value };
+                        }
+                    }
                 }
             }
-        }
+        };
     }
-
-    /// As [`store_f32x8`], for f64.
-    ///
-    /// # Safety
-    /// AVX2; the enabled lanes of `p` are valid for writes.
-    #[target_feature(enable = "avx2")]
-    pub(crate) unsafe fn store_f64x4(p: *mut f64, mask: __m256i, v: __m256d) {
-        let lanes = _mm256_movemask_pd(_mm256_castsi256_pd(mask));
-        if lanes == 0xF {
-            // SAFETY: the caller's contract, all 4 lanes enabled.
-            unsafe { _mm256_storeu_pd(p, v) }
-        } else {
-            let mut tmp = [0.0f64; 4];
-            // SAFETY: `tmp` holds 4 elements.
-            unsafe { _mm256_storeu_pd(tmp.as_mut_ptr(), v) };
-            for (i, &value) in tmp.iter().enumerate() {
-                if lanes & (1 << i) != 0 {
-                    // SAFETY: the caller's contract, lane `i` enabled.
-                    unsafe { *p.add(i) = value };
-                }
-            }
-        }
-    }
+    masked_store!(
+        store_f32x8,
+        f32,
+        __m256,
+        8,
+        _mm256_movemask_ps,
+        _mm256_castsi256_ps,
+        _mm256_storeu_ps
+    );
+    masked_store!(
+        store_f64x4,
+        f64,
+        __m256d,
+        4,
+        _mm256_movemask_pd,
+        _mm256_castsi256_pd,
+        _mm256_storeu_pd
+    );
 
     /// `_mm256_maskload_ps` with the AVX-512 argument order.
     ///
