@@ -9,9 +9,9 @@
 //! is [`KB`] filters × up to [`MAX_VECTORS`] vectors of consecutive output pixels of one
 //! output row; per tap it loads the pixels' inputs (one unaligned load per vector, at the
 //! tap's fixed offset in the padded planes) and broadcasts the [`KB`] filters' weights
-//! from a panel packed once per call (`[K/KB][C·R·S][KB]`): 12 accumulators and per 12
-//! multiply-adds 3 loads and 4 broadcasts, as the GEMM microkernel's 2 and 6. A row's
-//! last vector is masked (lanes past `Q` neither read nor written).
+//! from a panel packed once per call (`[K/KB][C·R·S][KB]`): 9 accumulators and per 9
+//! multiply-adds 3 loads and 3 broadcasts (the GEMM microkernel: 12, with 2 and 6). A
+//! row's last vector is masked (lanes past `Q` neither read nor written).
 //!
 //! Each output is `bias + Σ_{c, r, s} w · x` summed in that order in one accumulator
 //! lane, whichever task computes it: images are tasks, and with fewer images than
@@ -28,11 +28,13 @@ use crate::shape::ConvGeometry;
 use crate::simd::masked::column_mask;
 use crate::simd::{Isa, isa};
 
-/// Filters per tile: each input load feeds `KB` accumulators.
+/// Filters per tile: each input load feeds `KB` accumulators (see [`MAX_VECTORS`]).
 pub(crate) const KB: usize = 3;
 
-/// Vectors of output pixels per tile, at most: `KB × 3` = 12 accumulators, with the 3
-/// loaded vectors and a broadcast weight the 16 AVX2 registers.
+/// Vectors of output pixels per tile, at most: `KB × 3` = 9 accumulators, with the 3
+/// loaded vectors and a broadcast weight 13 of the 16 AVX2 registers. (With 4 filters,
+/// 12 sums, all 16: LLVM spilled a sum and shuffled the others with 13 moves per tap,
+/// and LeNet's first layer ran 0.85× the GEMM path instead of 1.45×.)
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const MAX_VECTORS: usize = 3;
 
@@ -41,8 +43,9 @@ const MAX_VECTORS: usize = 3;
 pub(crate) const MAX_TAPS: usize = 32;
 
 /// The padded layout this path reads, where it takes the layer: an AVX2 or AVX-512 CPU,
-/// stride 1, one group, at most [`MAX_TAPS`] taps, not a 1 × 1 kernel (the pointwise GEMM
-/// reads its planes in place already), moderate padding ([`PaddedLayout::new`]).
+/// stride 1, one group, at most [`MAX_TAPS`] taps, not pointwise (a 1 × 1 kernel without
+/// padding: that GEMM reads its planes in place already), moderate padding
+/// ([`PaddedLayout::new`]).
 pub(crate) fn layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
     let suits = cfg!(target_arch = "x86_64")
         && isa() != Isa::Scalar
