@@ -74,6 +74,10 @@ fn warm_calls_allocate_no_scratch() {
         ("leftover image", spec(3, 64, 28, 64, 1, 1), own_gemm),
         ("strided", spec(4, 16, 41, 16, 2, 1), own_gemm),
         ("grouped", spec(3, 32, 30, 32, 1, 4), own_gemm),
+        // 27 taps: the forward by register tiles (`conv::direct_forward`), batched and
+        // one image split by filter blocks.
+        ("short reduction", spec(4, 3, 40, 32, 1, 1), own_gemm),
+        ("short reduction, single image", spec(1, 3, 40, 32, 1, 1), own_gemm),
     ];
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
