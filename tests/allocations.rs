@@ -77,7 +77,11 @@ fn warm_calls_allocate_no_scratch() {
         // 27 taps: the forward by register tiles (`conv::direct_forward`), batched and
         // one image split by filter blocks.
         ("short reduction", spec(4, 3, 40, 32, 1, 1), own_gemm),
-        ("short reduction, single image", spec(1, 3, 40, 32, 1, 1), own_gemm),
+        (
+            "short reduction, single image",
+            spec(1, 3, 40, 32, 1, 1),
+            own_gemm,
+        ),
     ];
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
