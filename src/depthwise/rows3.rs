@@ -348,56 +348,56 @@ mod windows {
         ]
     }
 
-    /// The three windows of a row at `start` (columns `start + s ..`, `s` < 3), from two
-    /// masked loads (`lo`, `hi`) and `valign` (`lo[s..] ‖ hi[..s]`).
-    ///
-    /// # Safety
-    /// AVX-512F; the columns `masks` enable are valid for reads.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn windows_f32x16(
-        masks: &[u16; 2],
-        row: *const f32,
-        start: isize,
-    ) -> [__m512; 3] {
-        // SAFETY: the caller's contract; disabled lanes are not accessed.
-        let (lo, hi) = unsafe {
-            (
-                _mm512_maskz_loadu_ps(masks[0], row.wrapping_offset(start)),
-                _mm512_maskz_loadu_ps(masks[1], row.wrapping_offset(start + 16)),
-            )
+    /// The AVX-512 windows function of one element type: the three windows of a row at
+    /// `start` (columns `start + s ..`, `s` < 3), from two masked loads (`lo`, `hi`) and
+    /// `valign` (`lo[s..] ‖ hi[..s]`).
+    macro_rules! avx512_windows {
+        ($name:ident, $t:ty, $v:ty, $m:ty, $lanes:literal, $maskz_loadu:ident, $to_int:ident,
+         $from_int:ident, $align:ident) => {
+            #[doc = concat!("The three windows of a row at `start` (", stringify!($t), ").")]
+            ///
+            /// # Safety
+            /// AVX-512F; the columns `masks` enable are valid for reads.
+            #[target_feature(enable = "avx512f")]
+            pub(super) unsafe fn $name(masks: &[$m; 2], row: *const $t, start: isize) -> [$v; 3] {
+                // SAFETY: the caller's contract; disabled lanes are not accessed.
+                let (lo, hi) = unsafe {
+                    (
+                        $maskz_loadu(masks[0], row.wrapping_offset(start)),
+                        $maskz_loadu(masks[1], row.wrapping_offset(start + $lanes)),
+                    )
+                };
+                let (lo_i, hi_i) = ($to_int(lo), $to_int(hi));
+                [
+                    lo,
+                    $from_int($align::<1>(hi_i, lo_i)),
+                    $from_int($align::<2>(hi_i, lo_i)),
+                ]
+            }
         };
-        let (lo_i, hi_i) = (_mm512_castps_si512(lo), _mm512_castps_si512(hi));
-        [
-            lo,
-            _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(hi_i, lo_i)),
-            _mm512_castsi512_ps(_mm512_alignr_epi32::<2>(hi_i, lo_i)),
-        ]
     }
-
-    /// As [`windows_f32x16`] for f64.
-    ///
-    /// # Safety
-    /// AVX-512F; the columns `masks` enable are valid for reads.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn windows_f64x8(
-        masks: &[u8; 2],
-        row: *const f64,
-        start: isize,
-    ) -> [__m512d; 3] {
-        // SAFETY: the caller's contract; disabled lanes are not accessed.
-        let (lo, hi) = unsafe {
-            (
-                _mm512_maskz_loadu_pd(masks[0], row.wrapping_offset(start)),
-                _mm512_maskz_loadu_pd(masks[1], row.wrapping_offset(start + 8)),
-            )
-        };
-        let (lo_i, hi_i) = (_mm512_castpd_si512(lo), _mm512_castpd_si512(hi));
-        [
-            lo,
-            _mm512_castsi512_pd(_mm512_alignr_epi64::<1>(hi_i, lo_i)),
-            _mm512_castsi512_pd(_mm512_alignr_epi64::<2>(hi_i, lo_i)),
-        ]
-    }
+    avx512_windows!(
+        windows_f32x16,
+        f32,
+        __m512,
+        u16,
+        16,
+        _mm512_maskz_loadu_ps,
+        _mm512_castps_si512,
+        _mm512_castsi512_ps,
+        _mm512_alignr_epi32
+    );
+    avx512_windows!(
+        windows_f64x8,
+        f64,
+        __m512d,
+        u8,
+        8,
+        _mm512_maskz_loadu_pd,
+        _mm512_castpd_si512,
+        _mm512_castsi512_pd,
+        _mm512_alignr_epi64
+    );
 
     /// AVX2 windows: three (unaligned) loads at `start + s`, masked only where a window
     /// reaches outside the row. (Two loads and shifts across the 128-bit halves, as
