@@ -19,8 +19,9 @@
 //!   per tap over the flattened plane ([`dot_flat`]).
 //!
 //! The commonest depthwise layer, 3×3 with stride 1 and no dilation, has its own AVX-512
-//! and AVX2 kernels ([`rows3`]) for all three passes: they read the planes directly (with
-//! masked loads at the edges), and each input row they load serves three output rows.
+//! and AVX2 kernels ([`rows3`]) for all three passes: AVX-512 reads the planes directly
+//! (with masked loads at the edges), AVX2 a zero-padded copy of each; each input row
+//! they load serves three output rows.
 //!
 //! Other strides use straightforward loops on the padded plane (forward) or the scatter
 //! form (backward). Channel multipliers (`K = m·C`) are handled: output channel `k` reads
@@ -171,14 +172,19 @@ pub(crate) fn scratch_len(geo: &ConvGeometry, pass: crate::Pass) -> usize {
     let (p, q) = (geo.h.output, geo.w.output);
     match pass {
         crate::Pass::Forward => {
-            hp * wp
+            let general = hp * wp
                 + if unit_stride(geo) {
                     (p - 1) * wp + q
                 } else {
                     0
-                }
+                };
+            // The 3×3 row kernel's padded copy, in the same buffer.
+            general.max(Rows3Layer::of(geo).map_or(0, |layer| layer.padded_len()))
         }
         crate::Pass::BackwardData if unit_stride(geo) => {
+            if let Some(layer) = rows3_input_delta(geo) {
+                return layer.padded_len();
+            }
             let (eh, ew) = (
                 (geo.h.kernel - 1) * geo.h.dilation,
                 (geo.w.kernel - 1) * geo.w.dilation,
@@ -189,7 +195,9 @@ pub(crate) fn scratch_len(geo: &ConvGeometry, pass: crate::Pass) -> usize {
         }
         crate::Pass::BackwardData => 0,
         crate::Pass::BackwardWeights => {
-            hp * wp + (p - 1) * wp + q + FILTER_BLOCK * (geo.taps + 1) * LANES
+            let general = hp * wp + (p - 1) * wp + q;
+            let rows3 = Rows3Layer::of(geo).map_or(0, |layer| layer.padded_len());
+            general.max(rows3) + FILTER_BLOCK * (geo.taps + 1) * LANES
         }
     }
 }
@@ -219,7 +227,7 @@ pub(crate) fn forward<T: Element>(
                 let w_k = &w[k * geo.taps..][..geo.taps];
                 let b = bias.map_or(T::ZERO, |b| b[k]);
                 if let Some(layer) = &rows3
-                    && T::rows3(layer, x_plane, w_k, b, y_plane, false)
+                    && T::rows3(layer, x_plane, w_k, b, y_plane, false, planes.get())
                 {
                     apply_in_place(act, y_plane);
                     return;
@@ -249,6 +257,16 @@ pub(crate) fn forward<T: Element>(
         );
 }
 
+/// The 3×3 row kernel's sizes where it computes the input delta of `geo`: one filter per
+/// channel (it writes `dx`, it cannot add filters' contributions to it), a layer of its
+/// kind, and a CPU it runs on.
+fn rows3_input_delta(geo: &ConvGeometry) -> Option<Rows3Layer> {
+    if geo.filters_per_group != 1 || !unit_stride(geo) || !rows3::available() {
+        return None;
+    }
+    Rows3Layer::for_input_delta(geo)
+}
+
 /// Input delta, plane by plane; `write` stores each finished plane (see [`Write::into`]).
 pub(crate) fn backward_data<T: Element>(
     geo: &ConvGeometry,
@@ -273,29 +291,37 @@ pub(crate) fn backward_data<T: Element>(
         ew as isize - geo.w.padding as isize,
     );
     let multiplier = geo.filters_per_group;
-    // The same correlation by the 3×3 row kernel, straight from each dy plane with the
-    // flipped filter (one filter per channel: it writes dx, it cannot add to it).
-    if multiplier == 1
-        && let Some(layer) = Rows3Layer::for_input_delta(geo)
-        && rows3::available()
-    {
+    // The same correlation by the 3×3 row kernel, from each dy plane (AVX2: its padded
+    // copy in the task's buffer) with the flipped filter.
+    if let Some(layer) = rows3_input_delta(geo) {
         dx.par_chunks_exact_mut(geo.in_plane)
             .zip(dy.par_chunks_exact(geo.out_plane))
             .enumerate()
-            .for_each(|(plane, (dx_plane, dy_plane))| {
-                let k = plane % geo.out_channels;
-                let mut flipped = [T::ZERO; 9];
-                for (f, &v) in flipped.iter_mut().zip(w[k * 9..][..9].iter().rev()) {
-                    *f = v;
-                }
-                // Accumulating, the kernel adds its finished sums to dx itself.
-                let accumulate = write == Write::Accumulate;
-                if accumulate {
-                    crate::conv::prefetch(dx_plane);
-                }
-                let done = T::rows3(&layer, dy_plane, &flipped, T::ZERO, dx_plane, accumulate);
-                debug_assert!(done, "rows3_available said yes");
-            });
+            .for_each_init(
+                || take::<T>(layer.padded_len()),
+                |padded, (plane, (dx_plane, dy_plane))| {
+                    let k = plane % geo.out_channels;
+                    let mut flipped = [T::ZERO; 9];
+                    for (f, &v) in flipped.iter_mut().zip(w[k * 9..][..9].iter().rev()) {
+                        *f = v;
+                    }
+                    // Accumulating, the kernel adds its finished sums to dx itself.
+                    let accumulate = write == Write::Accumulate;
+                    if accumulate {
+                        crate::conv::prefetch(dx_plane);
+                    }
+                    let done = T::rows3(
+                        &layer,
+                        dy_plane,
+                        &flipped,
+                        T::ZERO,
+                        dx_plane,
+                        accumulate,
+                        padded,
+                    );
+                    debug_assert!(done, "rows3_available said yes");
+                },
+            );
         return;
     }
     let flipped: Vec<usize> = tap_offsets(geo, wq).into_iter().rev().collect();
@@ -443,14 +469,18 @@ fn weight_gradient_block<T: Element>(
     };
     let dy_plane =
         |n: usize, k: usize| &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
-    // The padded input plane; dy laid out with the padded plane's row stride (wp), its
-    // junk columns zero; then per filter LANES partial sums per tap and for the bias,
-    // carried over the whole batch and reduced once at the end.
-    let (padded, rest) = planes.get().split_at_mut(hp * wp);
-    let (dy_flat, lanes) = rest.split_at_mut(flat_len);
+    // Per filter LANES partial sums per tap and for the bias, carried over the whole batch
+    // and reduced once at the end; then the padded input plane and dy laid out with the
+    // padded plane's row stride (wp), its junk columns zero (the 3×3 row kernel: its
+    // padded copy).
+    let (lanes, work) = planes
+        .get()
+        .split_at_mut(FILTER_BLOCK * (geo.taps + 1) * LANES);
     let lanes = &mut lanes[..filters * (geo.taps + 1) * LANES];
     lanes.fill(T::ZERO);
     let rows3 = Rows3Layer::of(geo).filter(|_| rows3::available());
+    let (padded, rest) = work.split_at_mut(if rows3.is_some() { 0 } else { hp * wp });
+    let (dy_flat, rows3_scratch) = rest.split_at_mut(if rows3.is_some() { 0 } else { flat_len });
     for n in 0..geo.batch {
         for (f, lanes) in lanes.chunks_exact_mut((geo.taps + 1) * LANES).enumerate() {
             let k = first + f;
@@ -461,6 +491,7 @@ fn weight_gradient_block<T: Element>(
                     dy_plane(n, k),
                     lanes,
                     db.is_some(),
+                    rows3_scratch,
                 );
                 debug_assert!(done, "rows3::available said yes");
                 continue;

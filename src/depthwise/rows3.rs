@@ -16,9 +16,14 @@
 //! - AVX-512 (`L` = 16 f32, 8 f64): the `2·L` columns `lo`, `hi` from two masked loads,
 //!   the windows of taps 1 and 2 by `valign` (`lo[s..] ‖ hi[..s]`) in registers: per 9
 //!   FMAs, 3 loads and 3 shuffles instead of 9 split loads;
-//! - AVX2 (`L` = 8 f32, 4 f64): three unaligned loads, masked only at the plane's edges
-//!   (the 16 registers hold the 9 taps, 4 sums and the 3 windows, no room for shifting),
-//!   so 9 loads per 27 FMAs.
+//! - AVX2 (`L` = 8 f32, 4 f64): three unaligned loads (the 16 registers hold the 9 taps,
+//!   4 sums and the 3 windows, no room for shifting), so 9 loads per 27 FMAs, from a
+//!   zero-padded copy of the plane in the caller's scratch: no masks, no branches per
+//!   row, and a partial last block of columns is computed as the full block ending at the
+//!   row's end, overlapping the block before (same sums, same bits). Reading the plane in
+//!   place with loads masked at its edges (half the blocks of a 28-wide plane) and a
+//!   test per row was 1.3–1.6× slower on Zen 3 (mobilenet_dw, one thread); that form
+//!   stays for planes narrower than a vector.
 //!
 //! The forward does the general path's multiply-adds in the same order, so its results
 //! are bit-identical to it.
@@ -33,9 +38,11 @@ pub trait Rows3: Sized {
     /// `out[p][q] = init + Σ_{r,s} weights[3·r + s] · xpad[p + r][q + s]` over the
     /// zero-padded input plane `xpad` (`x` is one `H × W` input plane, `out` one `P × Q`
     /// output plane, `weights` one filter's 3 × 3 taps); with `accumulate`, that sum is
-    /// added to `out` instead (`out = out + sum`, one rounding more). Returns `false`,
-    /// having written nothing, where the CPU has neither AVX-512 nor AVX2: the caller then takes the
-    /// general path.
+    /// added to `out` instead (`out = out + sum`, one rounding more). `scratch` is the
+    /// caller's buffer for the zero-padded copy of `x` the AVX2 kernel reads
+    /// ([`Rows3Layer::padded_len`] elements; shorter, that kernel masks its loads
+    /// instead). Returns `false`, having written nothing, where the CPU has neither
+    /// AVX-512 nor AVX2: the caller then takes the general path.
     fn rows3(
         layer: &Rows3Layer,
         x: &[Self],
@@ -43,20 +50,22 @@ pub trait Rows3: Sized {
         init: Self,
         out: &mut [Self],
         accumulate: bool,
+        scratch: &mut [Self],
     ) -> bool;
 
     /// Adds one image's weight (and bias) gradient of one filter to `sums`:
     /// `sums[16·(3r + s) + j] += Σ_{p, q ≡ j} dy[p][q] · xpad[p + r][q + s]` for the 9 taps,
     /// and with `bias`, `sums[16·9 + j] += Σ_{p, q ≡ j} dy[p][q]` (`j` below the vector's
     /// lane count; `sums` holds 10 blocks of 16). `x` is the `H × W` input plane, `dy` the
-    /// `P × Q` output-gradient plane. Returns `false`, having changed nothing, where the
-    /// CPU has neither AVX-512 nor AVX2.
+    /// `P × Q` output-gradient plane; `scratch` as for [`Rows3::rows3`]. Returns `false`,
+    /// having changed nothing, where the CPU has neither AVX-512 nor AVX2.
     fn rows3_weight_gradient(
         layer: &Rows3Layer,
         x: &[Self],
         dy: &[Self],
         sums: &mut [Self],
         bias: bool,
+        scratch: &mut [Self],
     ) -> bool;
 }
 
@@ -90,6 +99,27 @@ impl Rows3Layer {
         })
     }
 
+    /// Elements of the zero-padded copy of an input plane the AVX2 forward kernel reads
+    /// ([`Rows3::rows3`]'s `scratch`): rows of `W + 2·pad_w`, `pad_h` zero rows above the
+    /// plane and below it as many as the last block of [`BLOCKS`] output rows reads.
+    pub(crate) fn padded_len(&self) -> usize {
+        self.padded_rows().saturating_mul(self.padded_width())
+    }
+
+    /// Rows of the padded copy: every block of [`BLOCKS`] output rows reads `BLOCKS + 2`.
+    fn padded_rows(&self) -> usize {
+        self.p
+            .div_ceil(BLOCKS)
+            .saturating_mul(BLOCKS)
+            .saturating_add(2)
+    }
+
+    /// Columns of the padded copy: `W + 2·pad_w = Q + 2`, rounded up so that the windows
+    /// of a partial last block of columns (the weight gradient's) stay inside the row.
+    fn padded_width(&self) -> usize {
+        self.q.next_multiple_of(PADDED_COLUMNS).saturating_add(2)
+    }
+
     /// The sizes of the input delta of a layer of this kind, as a correlation: `dx` is
     /// `dy` padded by `2 − pad` correlated with the flipped filter. None when the padding
     /// exceeds 2 (that correlation would crop).
@@ -118,6 +148,10 @@ pub(crate) fn available() -> bool {
 /// 1.13–1.2× it, 1 thread, on mobilenet_dw.)
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const BLOCKS: usize = 4;
+
+/// The padded copy's rows hold a whole number of vectors of this many columns (the
+/// widest AVX2 vector, f32's 8), plus the two the windows reach beyond.
+const PADDED_COLUMNS: usize = 8;
 
 /// The two kernels of one element type and instruction set, written once: `L` lanes per
 /// vector, `$mask` turning a [`column_mask`] into the ISA's load/store mask, `$masks` and
@@ -265,7 +299,8 @@ macro_rules! rows3_kernels {
 /// The AVX-512 and AVX2 kernels of one element type behind [`Rows3`], chosen by
 /// [`isa`](crate::simd::isa).
 macro_rules! impl_rows3 {
-    ($t:ty, avx512 = ($fwd512:ident, $grad512:ident), avx2 = ($fwd2:ident, $grad2:ident)) => {
+    ($t:ty, avx512 = ($fwd512:ident, $grad512:ident), avx2 = ($fwd2:ident, $grad2:ident),
+     avx2_padded = ($padded:ident, $padded_grad:ident, $padded_lanes:literal)) => {
         impl Rows3 for $t {
             fn rows3(
                 layer: &Rows3Layer,
@@ -274,12 +309,17 @@ macro_rules! impl_rows3 {
                 init: $t,
                 out: &mut [$t],
                 accumulate: bool,
+                scratch: &mut [$t],
             ) -> bool {
                 #[cfg(target_arch = "x86_64")]
                 match crate::simd::isa() {
                     // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
                     Isa::Avx512 => unsafe { $fwd512(layer, x, weights, init, out, accumulate) },
                     // SAFETY: `isa()` returns Avx2 only when the CPU reports avx2 and fma.
+                    Isa::Avx2
+                        if layer.q >= $padded_lanes && scratch.len() >= layer.padded_len() =>
+                    unsafe { $padded(layer, x, weights, init, out, accumulate, scratch) },
+                    // SAFETY: as above.
                     Isa::Avx2 => unsafe { $fwd2(layer, x, weights, init, out, accumulate) },
                     Isa::Scalar => return false,
                 }
@@ -287,7 +327,7 @@ macro_rules! impl_rows3 {
                 return true;
                 #[cfg(not(target_arch = "x86_64"))]
                 {
-                    let _ = (layer, x, weights, init, out, accumulate);
+                    let _ = (layer, x, weights, init, out, accumulate, scratch);
                     false
                 }
             }
@@ -298,12 +338,17 @@ macro_rules! impl_rows3 {
                 dy: &[$t],
                 sums: &mut [$t],
                 bias: bool,
+                scratch: &mut [$t],
             ) -> bool {
                 #[cfg(target_arch = "x86_64")]
                 match crate::simd::isa() {
                     // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
                     Isa::Avx512 => unsafe { $grad512(layer, x, dy, sums, bias) },
                     // SAFETY: `isa()` returns Avx2 only when the CPU reports avx2 and fma.
+                    Isa::Avx2 if scratch.len() >= layer.padded_len() => unsafe {
+                        $padded_grad(layer, x, dy, sums, bias, scratch)
+                    },
+                    // SAFETY: as above.
                     Isa::Avx2 => unsafe { $grad2(layer, x, dy, sums, bias) },
                     Isa::Scalar => return false,
                 }
@@ -311,7 +356,7 @@ macro_rules! impl_rows3 {
                 return true;
                 #[cfg(not(target_arch = "x86_64"))]
                 {
-                    let _ = (layer, x, dy, sums, bias);
+                    let _ = (layer, x, dy, sums, bias, scratch);
                     false
                 }
             }
@@ -463,6 +508,223 @@ mod windows {
 #[cfg(target_arch = "x86_64")]
 use {crate::simd::Isa, crate::simd::masked::*, windows::*};
 
+/// Copies the `H × W` plane `x` into `padded` (rows of [`Rows3Layer::padded_width`]) with
+/// `pad_w` zero columns on each side, `pad_h` zero rows above and zero rows below up to
+/// [`Rows3Layer::padded_rows`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn pad_plane<T: Copy>(layer: &Rows3Layer, x: &[T], zero: T, padded: &mut [T]) {
+    let Rows3Layer {
+        h, w, pad_h, pad_w, ..
+    } = *layer;
+    let wp = layer.padded_width();
+    let padded = &mut padded[..layer.padded_len()];
+    let (top, rest) = padded.split_at_mut(pad_h * wp);
+    top.fill(zero);
+    for (r, row) in rest.chunks_exact_mut(wp).enumerate() {
+        if r < h {
+            row[..pad_w].fill(zero);
+            crate::simd::copy_exact(&mut row[pad_w..pad_w + w], &x[r * w..][..w]);
+            row[pad_w + w..].fill(zero);
+        } else {
+            row.fill(zero);
+        }
+    }
+}
+
+/// The AVX2 forward kernel reading a zero-padded copy of the plane (see the module doc),
+/// for planes at least one vector wide.
+macro_rules! rows3_padded_kernel {
+    ($t:ty, $lanes:literal, $name:ident, $grad:ident, set1 = $set1:ident, loadu = $loadu:ident,
+     storeu = $storeu:ident, fma = $fma:ident, add = $add:ident, mask = $mask:ident,
+     blendv = $blendv:ident, cast = $cast:ident, zero = $zero:ident, load = $load:ident) => {
+        /// The kernel; see [`Rows3::rows3`]. `padded` holds at least
+        /// [`Rows3Layer::padded_len`] elements.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and FMA. The slices are checked here.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $name(
+            layer: &Rows3Layer,
+            x: &[$t],
+            weights: &[$t],
+            init: $t,
+            out: &mut [$t],
+            accumulate: bool,
+            padded: &mut [$t],
+        ) {
+            use std::arch::x86_64::*;
+            const L: usize = $lanes;
+            let Rows3Layer { h, w, p, q, .. } = *layer;
+            let weights: &[$t; 9] = weights.try_into().expect("rows3: 3×3 taps per filter");
+            assert!(
+                x.len() == h * w
+                    && out.len() == p * q
+                    && q >= L
+                    && padded.len() >= layer.padded_len(),
+                "rows3: plane or scratch of the wrong size"
+            );
+            pad_plane(layer, x, 0.0, padded);
+            let wp = layer.padded_width();
+            let taps: [_; 9] = std::array::from_fn(|i| $set1(weights[i]));
+            for col in (0..q).step_by(L) {
+                // A partial last block is the full one ending at column q: its first
+                // `col − c` lanes repeat the block before, with the same sums.
+                let c = col.min(q - L);
+                // Its lanes from column `col` on, the ones the block before did not write.
+                let fresh = $cast($mask(column_mask(c as isize - col as isize, q - col, L)));
+                for oh in (0..p).step_by(BLOCKS) {
+                    let mut acc = [$set1(init); BLOCKS];
+                    for t in 0..BLOCKS + 2 {
+                        // SAFETY: the ISA is enabled (this function's contract). Padded
+                        // row `oh + t` < `padded_rows` (a block of BLOCKS output rows
+                        // starts below `p`), columns `c + s .. c + s + L` with s ≤ 2 end
+                        // at most at `q + 2 ≤ padded_width` (`c ≤ q − L`): inside
+                        // `padded` (asserted at least `padded_len`).
+                        let [w0, w1, w2] = unsafe {
+                            let row = padded.as_ptr().add((oh + t) * wp + c);
+                            [$loadu(row), $loadu(row.add(1)), $loadu(row.add(2))]
+                        };
+                        for b in t.saturating_sub(2)..(t + 1).min(BLOCKS) {
+                            let r = t - b;
+                            acc[b] = $fma(taps[3 * r], w0, acc[b]);
+                            acc[b] = $fma(taps[3 * r + 1], w1, acc[b]);
+                            acc[b] = $fma(taps[3 * r + 2], w2, acc[b]);
+                        }
+                    }
+                    for (b, acc) in acc.iter().enumerate().take(p - oh) {
+                        // SAFETY: the ISA is enabled; columns `c .. c + L ≤ q` of output
+                        // row `oh + b < p`: inside `out` (`p·q` elements, asserted).
+                        unsafe {
+                            let at = out.as_mut_ptr().add((oh + b) * q + c);
+                            let sum = if accumulate {
+                                // The lanes of the block before hold finished sums.
+                                let old = $loadu(at);
+                                $blendv(old, $add(old, *acc), fresh)
+                            } else {
+                                *acc
+                            };
+                            $storeu(at, sum);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// The weight-gradient kernel reading a zero-padded copy of the input plane; see
+        /// [`Rows3::rows3_weight_gradient`]. The same sums in the same order as the
+        /// masked kernel (`rows3_kernels!`), whose row tests it does without: `dy` rows
+        /// beyond the plane are not read, and the padded rows are zeros.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and FMA. The slices are checked here.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $grad(
+            layer: &Rows3Layer,
+            x: &[$t],
+            dy: &[$t],
+            sums: &mut [$t],
+            bias: bool,
+            padded: &mut [$t],
+        ) {
+            use std::arch::x86_64::*;
+            const L: usize = $lanes;
+            const GRAD_BLOCKS: usize = 2;
+            let Rows3Layer { h, w, p, q, .. } = *layer;
+            assert!(
+                x.len() == h * w
+                    && dy.len() == p * q
+                    && sums.len() == 10 * SUM_BLOCK
+                    && padded.len() >= layer.padded_len(),
+                "rows3: plane, sums or scratch of the wrong size"
+            );
+            pad_plane(layer, x, 0.0, padded);
+            let wp = layer.padded_width();
+            // SAFETY (all loads and stores of `sums`): the ISA is enabled; block `i < 10`
+            // spans elements `16·i .. 16·i + L` of `sums` (160 elements, asserted; L ≤ 16).
+            let mut acc: [_; 10] =
+                std::array::from_fn(|i| unsafe { $loadu(sums.as_ptr().add(i * SUM_BLOCK)) });
+            for col in (0..q).step_by(L) {
+                let partial = col + L > q;
+                let dy_mask = $mask(column_mask(col as isize, q, L));
+                for oh in (0..p).step_by(GRAD_BLOCKS) {
+                    let mut d = [$zero(); GRAD_BLOCKS];
+                    for (b, d) in d.iter_mut().enumerate().take(p - oh) {
+                        // SAFETY: the ISA is enabled; the lanes read are columns
+                        // `col + i < q` (all of a full block, the mask's of a partial one)
+                        // of dy row `oh + b < p`, inside `dy` (asserted).
+                        *d = unsafe {
+                            let at = dy.as_ptr().add((oh + b) * q + col);
+                            if partial {
+                                $load(dy_mask, at)
+                            } else {
+                                $loadu(at)
+                            }
+                        };
+                        if bias {
+                            acc[9] = $add(acc[9], *d);
+                        }
+                    }
+                    for t in 0..GRAD_BLOCKS + 2 {
+                        // SAFETY: the ISA is enabled. Padded row `oh + t` < `padded_rows`
+                        // (GRAD_BLOCKS divides BLOCKS), columns `col + s .. col + s + L`
+                        // with s ≤ 2 end at most at `q` rounded up to a vector plus 2,
+                        // `padded_width`: inside `padded` (at least `padded_len`).
+                        let [w0, w1, w2] = unsafe {
+                            let row = padded.as_ptr().add((oh + t) * wp + col);
+                            [$loadu(row), $loadu(row.add(1)), $loadu(row.add(2))]
+                        };
+                        for b in t.saturating_sub(2)..(t + 1).min(GRAD_BLOCKS).min(p - oh) {
+                            let r = t - b;
+                            acc[3 * r] = $fma(d[b], w0, acc[3 * r]);
+                            acc[3 * r + 1] = $fma(d[b], w1, acc[3 * r + 1]);
+                            acc[3 * r + 2] = $fma(d[b], w2, acc[3 * r + 2]);
+                        }
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                // SAFETY: see the loads of `sums` above.
+                unsafe { $storeu(sums.as_mut_ptr().add(i * SUM_BLOCK), *a) };
+            }
+        }
+    };
+}
+
+rows3_padded_kernel!(
+    f32,
+    8,
+    rows3_padded_f32_avx2,
+    rows3_padded_grad_f32_avx2,
+    set1 = _mm256_set1_ps,
+    loadu = _mm256_loadu_ps,
+    storeu = _mm256_storeu_ps,
+    fma = _mm256_fmadd_ps,
+    add = _mm256_add_ps,
+    mask = mask_f32x8,
+    blendv = _mm256_blendv_ps,
+    cast = _mm256_castsi256_ps,
+    zero = _mm256_setzero_ps,
+    load = load_f32x8
+);
+rows3_padded_kernel!(
+    f64,
+    4,
+    rows3_padded_f64_avx2,
+    rows3_padded_grad_f64_avx2,
+    set1 = _mm256_set1_pd,
+    loadu = _mm256_loadu_pd,
+    storeu = _mm256_storeu_pd,
+    fma = _mm256_fmadd_pd,
+    add = _mm256_add_pd,
+    mask = mask_f64x4,
+    blendv = _mm256_blendv_pd,
+    cast = _mm256_castsi256_pd,
+    zero = _mm256_setzero_pd,
+    load = load_f64x4
+);
+
 rows3_kernels!(
     f32,
     "avx512f",
@@ -542,31 +804,51 @@ rows3_kernels!(
 impl_rows3!(
     f32,
     avx512 = (rows3_f32_avx512, rows3_grad_f32_avx512),
-    avx2 = (rows3_f32_avx2, rows3_grad_f32_avx2)
+    avx2 = (rows3_f32_avx2, rows3_grad_f32_avx2),
+    avx2_padded = (rows3_padded_f32_avx2, rows3_padded_grad_f32_avx2, 8)
 );
 impl_rows3!(
     f64,
     avx512 = (rows3_f64_avx512, rows3_grad_f64_avx512),
-    avx2 = (rows3_f64_avx2, rows3_grad_f64_avx2)
+    avx2 = (rows3_f64_avx2, rows3_grad_f64_avx2),
+    avx2_padded = (rows3_padded_f64_avx2, rows3_padded_grad_f64_avx2, 4)
 );
 
 #[cfg(test)]
 mod equal_to_general_path {
-    use super::{Rows3, Rows3Layer};
+    use super::Rows3Layer;
+    use crate::element::Element;
     use crate::shape::{Conv2dSpec, ConvGeometry};
 
     /// The kernel gives the general path's bits (the padded plane and one load per tap,
     /// `correlate_flat`), on random data, for paddings 0–2, planes narrower and wider than a
-    /// vector, and output heights that are not a multiple of the rows in flight. Skipped
+    /// vector, and output heights that are not a multiple of the rows in flight; writing
+    /// and accumulating, with and without the scratch for the padded copy. Skipped
     /// (passes vacuously) on CPUs without AVX2.
     #[test]
     fn bit_identical_to_the_padded_correlation() {
-        let mut seed = 0x5EED_u64;
+        check::<f32>();
+        check::<f64>();
+    }
+
+    /// The weight-gradient kernel reading the padded copy (AVX2) gives the masked
+    /// kernel's bits, with and without the bias sums, and both match the definition
+    /// within rounding: the sums start from nonzero partial sums, as over a batch.
+    /// Skipped (passes vacuously) on CPUs without AVX2.
+    #[test]
+    fn weight_gradient_padded_equals_masked() {
+        check_gradient::<f32>(f32::EPSILON as f64);
+        check_gradient::<f64>(f64::EPSILON);
+    }
+
+    /// `epsilon`: the unit roundoff of `T`.
+    fn check_gradient<T: Element>(epsilon: f64) {
+        let mut seed = 0xD1CE_u64;
         let mut next = || {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            T::from_f64(((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
         };
         for (h, w, pad) in [
             (8, 8, 1),
@@ -574,8 +856,8 @@ mod equal_to_general_path {
             (5, 16, 0),
             (9, 17, 2),
             (3, 3, 0),
-            (2, 30, 2),
             (28, 28, 1),
+            (6, 9, 1),
         ] {
             let spec = Conv2dSpec {
                 batch: 1,
@@ -589,27 +871,153 @@ mod equal_to_general_path {
             };
             let geo = ConvGeometry::new(&spec).unwrap();
             let layer = Rows3Layer::of(&geo).unwrap();
-            let x: Vec<f32> = (0..h * w).map(|_| next()).collect();
-            let weights: Vec<f32> = (0..9).map(|_| next()).collect();
-            let init = next();
-            let mut fast = vec![f32::NAN; geo.out_plane];
-            if !f32::rows3(&layer, &x, &weights, init, &mut fast, false) {
-                return;
+            let (p, q) = (geo.h.output, geo.w.output);
+            let x: Vec<T> = (0..h * w).map(|_| next()).collect();
+            let dy: Vec<T> = (0..p * q).map(|_| next()).collect();
+            let start: Vec<T> = (0..10 * super::SUM_BLOCK).map(|_| next()).collect();
+            for bias in [false, true] {
+                let mut results = Vec::new();
+                for padded_len in [layer.padded_len(), 0] {
+                    let mut scratch = vec![T::from_f64(f64::NAN); padded_len];
+                    let mut sums = start.clone();
+                    if !T::rows3_weight_gradient(&layer, &x, &dy, &mut sums, bias, &mut scratch) {
+                        return;
+                    }
+                    results.push(sums);
+                }
+                let bits = |v: &[T]| v.iter().map(|e| e.to_f64().to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&results[0]),
+                    bits(&results[1]),
+                    "{h}×{w} pad {pad}, bias {bias}"
+                );
+                // Against the definition: tap (r, s) sums dy[oh][ow] · x[oh + r − pad][ow + s − pad].
+                // Lanes the kernel does not use keep their start values on both sides.
+                let lanes = super::SUM_BLOCK;
+                let total = |sums: &[T], block: usize| -> f64 {
+                    (0..lanes)
+                        .map(|j| sums[block * super::SUM_BLOCK + j].to_f64())
+                        .sum()
+                };
+                for tap in 0..10 {
+                    if tap == 9 && !bias {
+                        continue;
+                    }
+                    let (r, s) = (tap / 3, tap % 3);
+                    let mut want = total(&start, tap);
+                    let mut magnitude = want.abs();
+                    for oh in 0..p {
+                        for ow in 0..q {
+                            let d = dy[oh * q + ow].to_f64();
+                            let v = if tap == 9 {
+                                1.0
+                            } else {
+                                let (ih, iw) = (
+                                    (oh + r) as isize - pad as isize,
+                                    (ow + s) as isize - pad as isize,
+                                );
+                                if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                                    0.0
+                                } else {
+                                    x[ih as usize * w + iw as usize].to_f64()
+                                }
+                            };
+                            want += d * v;
+                            magnitude += (d * v).abs();
+                        }
+                    }
+                    let got = total(&results[0], tap);
+                    // Each output's sum: `p·q` products and `lanes` partial sums added, each
+                    // addition rounding by at most ε times the magnitude of all terms.
+                    let bound = epsilon * (p * q + lanes) as f64 * magnitude;
+                    assert!(
+                        (got - want).abs() <= bound,
+                        "{h}×{w} pad {pad}: tap {tap}: {got} vs {want}"
+                    );
+                }
             }
+        }
+    }
+
+    fn check<T: Element>() {
+        let mut seed = 0x5EED_u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            T::from_f64(((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
+        };
+        for (h, w, pad) in [
+            (8, 8, 1),
+            (7, 37, 1),
+            (5, 16, 0),
+            (9, 17, 2),
+            (3, 3, 0),
+            (2, 30, 2),
+            (28, 28, 1),
+            (6, 9, 1),
+            (5, 12, 2),
+        ] {
+            let spec = Conv2dSpec {
+                batch: 1,
+                in_channels: 1,
+                in_h: h,
+                in_w: w,
+                out_channels: 1,
+                kernel: [3, 3],
+                padding: [pad, pad],
+                ..Default::default()
+            };
+            let geo = ConvGeometry::new(&spec).unwrap();
+            let layer = Rows3Layer::of(&geo).unwrap();
+            let x: Vec<T> = (0..h * w).map(|_| next()).collect();
+            let weights: Vec<T> = (0..9).map(|_| next()).collect();
+            let init = next();
             let (hp, wp) = (h + 2 * pad, w + 2 * pad);
             let (p, q) = (geo.h.output, geo.w.output);
-            let mut padded = vec![0.0f32; hp * wp];
+            let mut padded = vec![T::ZERO; hp * wp];
             super::super::place(&x, w, &mut padded, wp, pad as isize, pad as isize);
             let offsets = super::super::tap_offsets(&geo, wp);
-            let mut flat = vec![0.0f32; (p - 1) * wp + q];
+            let mut flat = vec![T::ZERO; (p - 1) * wp + q];
             super::super::correlate_flat(&padded, &offsets, &weights, init, &mut flat);
-            for oh in 0..p {
-                for ow in 0..q {
-                    assert_eq!(
-                        fast[oh * q + ow].to_bits(),
-                        flat[oh * wp + ow].to_bits(),
-                        "{h}×{w} pad {pad}: output ({oh}, {ow})"
-                    );
+            let old: Vec<T> = (0..geo.out_plane).map(|_| next()).collect();
+            // With a scratch for the padded copy (AVX2: the padded kernel where the plane
+            // is a vector wide) and without (the masked one); writing and accumulating.
+            for padded_len in [layer.padded_len(), 0] {
+                let mut scratch = vec![T::from_f64(f64::NAN); padded_len];
+                for accumulate in [false, true] {
+                    let mut fast = if accumulate {
+                        old.clone()
+                    } else {
+                        vec![T::from_f64(f64::NAN); geo.out_plane]
+                    };
+                    if !T::rows3(
+                        &layer,
+                        &x,
+                        &weights,
+                        init,
+                        &mut fast,
+                        accumulate,
+                        &mut scratch,
+                    ) {
+                        return;
+                    }
+                    for oh in 0..p {
+                        for ow in 0..q {
+                            let sum = flat[oh * wp + ow];
+                            let want = if accumulate {
+                                old[oh * q + ow] + sum
+                            } else {
+                                sum
+                            };
+                            assert_eq!(
+                                fast[oh * q + ow].to_f64().to_bits(),
+                                want.to_f64().to_bits(),
+                                "{h}×{w} pad {pad}, scratch {padded_len}, accumulate \
+                                 {accumulate}: output ({oh}, {ow})"
+                            );
+                        }
+                    }
                 }
             }
         }
