@@ -274,9 +274,60 @@ pub(crate) fn copy_exact<T: Copy>(dst: &mut [T], src: &[T]) {
     }
 }
 
+/// `dst.fill(value)` with fixed-width stores, as [`copy_exact`] copies: for the short
+/// runs of padding around a plane, where `fill` would be a `memset` call per run.
+#[inline(always)]
+pub(crate) fn fill_exact<T: Copy>(dst: &mut [T], value: T) {
+    #[inline(always)]
+    fn chunk<T: Copy, const W: usize>(dst: &mut [T], value: T, at: usize) {
+        let to: &mut [T; W] = (&mut dst[at..at + W]).try_into().unwrap();
+        *to = [value; W];
+    }
+    #[inline(always)]
+    fn pair<T: Copy, const W: usize>(dst: &mut [T], value: T) {
+        let len = dst.len();
+        chunk::<T, W>(dst, value, 0);
+        chunk::<T, W>(dst, value, len - W);
+    }
+    let len = dst.len();
+    if len >= COPY_CHUNK {
+        let mut at = 0;
+        while at + COPY_CHUNK < len {
+            chunk::<T, COPY_CHUNK>(dst, value, at);
+            at += COPY_CHUNK;
+        }
+        chunk::<T, COPY_CHUNK>(dst, value, len - COPY_CHUNK);
+    } else if len >= COPY_CHUNK / 2 {
+        pair::<T, { COPY_CHUNK / 2 }>(dst, value);
+    } else if len >= COPY_CHUNK / 4 {
+        pair::<T, { COPY_CHUNK / 4 }>(dst, value);
+    } else if len >= 2 {
+        pair::<T, 2>(dst, value);
+    } else if len == 1 {
+        dst[0] = value;
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{copy_exact, copy_exact_rows};
+    use super::{copy_exact, copy_exact_rows, fill_exact};
+
+    /// Every length from 0 to past two chunks: exactly the slice is filled.
+    #[test]
+    fn fills_exactly_the_run() {
+        for len in 0..40 {
+            for start in [0, 3] {
+                let mut buf = vec![u32::MAX; start + len + 5];
+                fill_exact(&mut buf[start..start + len], 7);
+                assert!(buf[..start].iter().all(|&v| v == u32::MAX), "len {len}");
+                assert!(buf[start..start + len].iter().all(|&v| v == 7), "len {len}");
+                assert!(
+                    buf[start + len..].iter().all(|&v| v == u32::MAX),
+                    "len {len}"
+                );
+            }
+        }
+    }
 
     /// Every length from 0 to past two chunks, rows at scattered offsets: each row gets
     /// exactly its `len` source elements, and nothing outside them is touched.
