@@ -153,6 +153,38 @@ const BLOCKS: usize = 4;
 /// widest AVX2 vector, f32's 8), plus the two the windows reach beyond.
 const PADDED_COLUMNS: usize = 8;
 
+/// Adds input row `t`'s three windows to the sums `$acc` of the first `$rows` output
+/// rows of a block (the forward): output row `b` meets it at kernel row `r = t − b`, and
+/// its taps go in the order `s` = 0, 1, 2.
+macro_rules! forward_row {
+    ($fma:ident, $acc:ident, $taps:ident, $t:expr, $rows:expr, $windows:expr) => {{
+        let [w0, w1, w2] = $windows;
+        let t = $t;
+        for b in t.saturating_sub(2)..(t + 1).min($rows) {
+            let r = t - b;
+            $acc[b] = $fma($taps[3 * r], w0, $acc[b]);
+            $acc[b] = $fma($taps[3 * r + 1], w1, $acc[b]);
+            $acc[b] = $fma($taps[3 * r + 2], w2, $acc[b]);
+        }
+    }};
+}
+
+/// Adds the products of input row `t`'s three windows with the `dy` rows `$d` of the first
+/// `$rows` output rows of a block to the tap sums `$acc` (the weight gradient): `dy` row
+/// `b` meets it at kernel row `r = t − b`, taps `3r + s`.
+macro_rules! gradient_row {
+    ($fma:ident, $acc:ident, $d:ident, $t:expr, $rows:expr, $windows:expr) => {{
+        let [w0, w1, w2] = $windows;
+        let t = $t;
+        for b in t.saturating_sub(2)..(t + 1).min($rows) {
+            let r = t - b;
+            $acc[3 * r] = $fma($d[b], w0, $acc[3 * r]);
+            $acc[3 * r + 1] = $fma($d[b], w1, $acc[3 * r + 1]);
+            $acc[3 * r + 2] = $fma($d[b], w2, $acc[3 * r + 2]);
+        }
+    }};
+}
+
 /// The two kernels of one element type and instruction set, written once: `L` lanes per
 /// vector, `$mask` turning a [`column_mask`] into the ISA's load/store mask, `$masks` and
 /// `$windows` giving the three windows of an input row for one block of outputs.
@@ -198,7 +230,7 @@ macro_rules! rows3_kernels {
                     let mut acc = [$set1(init); BLOCKS];
                     for t in 0..BLOCKS + 2 {
                         let ih = (oh + t) as isize - pad_h;
-                        let [lo, shifted1, shifted2] = if (0..h as isize).contains(&ih) {
+                        let windows = if (0..h as isize).contains(&ih) {
                             let row = x.as_ptr().wrapping_add(ih as usize * w);
                             // SAFETY: the ISA is enabled (this function's contract). The
                             // windows touch only columns `0 <= start + i < w` (the masks)
@@ -208,12 +240,7 @@ macro_rules! rows3_kernels {
                         } else {
                             [$zero(); 3]
                         };
-                        for b in t.saturating_sub(2)..(t + 1).min(BLOCKS) {
-                            let r = t - b;
-                            acc[b] = $fma(taps[3 * r], lo, acc[b]);
-                            acc[b] = $fma(taps[3 * r + 1], shifted1, acc[b]);
-                            acc[b] = $fma(taps[3 * r + 2], shifted2, acc[b]);
-                        }
+                        forward_row!($fma, acc, taps, t, BLOCKS, windows);
                     }
                     for (b, acc) in acc.iter().enumerate().take(p - oh) {
                         let at = out.as_mut_ptr().wrapping_add((oh + b) * q + col);
@@ -278,13 +305,8 @@ macro_rules! rows3_kernels {
                         let row = x.as_ptr().wrapping_add(ih as usize * w);
                         // SAFETY: as in the forward kernel: the windows touch columns
                         // `0 <= start + i < w` of row `0 <= ih < h`, inside `x`.
-                        let [lo, shifted1, shifted2] = unsafe { $windows(&in_masks, row, start) };
-                        for b in t.saturating_sub(2)..(t + 1).min(GRAD_BLOCKS) {
-                            let r = t - b;
-                            acc[3 * r] = $fma(d[b], lo, acc[3 * r]);
-                            acc[3 * r + 1] = $fma(d[b], shifted1, acc[3 * r + 1]);
-                            acc[3 * r + 2] = $fma(d[b], shifted2, acc[3 * r + 2]);
-                        }
+                        let windows = unsafe { $windows(&in_masks, row, start) };
+                        gradient_row!($fma, acc, d, t, GRAD_BLOCKS.min(p - oh), windows);
                     }
                 }
             }
@@ -585,16 +607,11 @@ macro_rules! rows3_padded_kernel {
                         // starts below `p`), columns `c + s .. c + s + L` with s ≤ 2 end
                         // at most at `q + 2 ≤ padded_width` (`c ≤ q − L`): inside
                         // `padded` (asserted at least `padded_len`).
-                        let [w0, w1, w2] = unsafe {
+                        let windows = unsafe {
                             let row = padded.as_ptr().add((oh + t) * wp + c);
                             [$loadu(row), $loadu(row.add(1)), $loadu(row.add(2))]
                         };
-                        for b in t.saturating_sub(2)..(t + 1).min(BLOCKS) {
-                            let r = t - b;
-                            acc[b] = $fma(taps[3 * r], w0, acc[b]);
-                            acc[b] = $fma(taps[3 * r + 1], w1, acc[b]);
-                            acc[b] = $fma(taps[3 * r + 2], w2, acc[b]);
-                        }
+                        forward_row!($fma, acc, taps, t, BLOCKS, windows);
                     }
                     for (b, acc) in acc.iter().enumerate().take(p - oh) {
                         // SAFETY: the ISA is enabled; columns `c .. c + L ≤ q` of output
@@ -675,16 +692,11 @@ macro_rules! rows3_padded_kernel {
                         // (GRAD_BLOCKS divides BLOCKS), columns `col + s .. col + s + L`
                         // with s ≤ 2 end at most at `q` rounded up to a vector plus 2,
                         // `padded_width`: inside `padded` (at least `padded_len`).
-                        let [w0, w1, w2] = unsafe {
+                        let windows = unsafe {
                             let row = padded.as_ptr().add((oh + t) * wp + col);
                             [$loadu(row), $loadu(row.add(1)), $loadu(row.add(2))]
                         };
-                        for b in t.saturating_sub(2)..(t + 1).min(GRAD_BLOCKS).min(p - oh) {
-                            let r = t - b;
-                            acc[3 * r] = $fma(d[b], w0, acc[3 * r]);
-                            acc[3 * r + 1] = $fma(d[b], w1, acc[3 * r + 1]);
-                            acc[3 * r + 2] = $fma(d[b], w2, acc[3 * r + 2]);
-                        }
+                        gradient_row!($fma, acc, d, t, GRAD_BLOCKS.min(p - oh), windows);
                     }
                 }
             }
@@ -824,6 +836,47 @@ mod equal_to_general_path {
     use crate::element::Element;
     use crate::shape::{Conv2dSpec, ConvGeometry};
 
+    /// The planes the tests run: paddings 0–2, planes narrower and wider than a vector,
+    /// output heights that are not a multiple of the rows in flight.
+    const SHAPES: [(usize, usize, usize); 9] = [
+        (8, 8, 1),
+        (7, 37, 1),
+        (5, 16, 0),
+        (9, 17, 2),
+        (3, 3, 0),
+        (2, 30, 2),
+        (28, 28, 1),
+        (6, 9, 1),
+        (5, 12, 2),
+    ];
+
+    /// Uniform noise in [-1, 1) from a linear congruential generator.
+    fn random<T: Element>(mut seed: u64) -> impl FnMut() -> T {
+        move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            T::from_f64(((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
+        }
+    }
+
+    /// One `h × w` plane, 3 × 3, padding `pad`: its geometry and the kernel's sizes.
+    fn plane(h: usize, w: usize, pad: usize) -> (ConvGeometry, Rows3Layer) {
+        let spec = Conv2dSpec {
+            batch: 1,
+            in_channels: 1,
+            in_h: h,
+            in_w: w,
+            out_channels: 1,
+            kernel: [3, 3],
+            padding: [pad, pad],
+            ..Default::default()
+        };
+        let geo = ConvGeometry::new(&spec).unwrap();
+        let layer = Rows3Layer::of(&geo).unwrap();
+        (geo, layer)
+    }
+
     /// The kernel gives the general path's bits (the padded plane and one load per tap,
     /// `correlate_flat`), on random data, for paddings 0–2, planes narrower and wider than a
     /// vector, and output heights that are not a multiple of the rows in flight; writing
@@ -847,34 +900,9 @@ mod equal_to_general_path {
 
     /// `epsilon`: the unit roundoff of `T`.
     fn check_gradient<T: Element>(epsilon: f64) {
-        let mut seed = 0xD1CE_u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            T::from_f64(((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
-        };
-        for (h, w, pad) in [
-            (8, 8, 1),
-            (7, 37, 1),
-            (5, 16, 0),
-            (9, 17, 2),
-            (3, 3, 0),
-            (28, 28, 1),
-            (6, 9, 1),
-        ] {
-            let spec = Conv2dSpec {
-                batch: 1,
-                in_channels: 1,
-                in_h: h,
-                in_w: w,
-                out_channels: 1,
-                kernel: [3, 3],
-                padding: [pad, pad],
-                ..Default::default()
-            };
-            let geo = ConvGeometry::new(&spec).unwrap();
-            let layer = Rows3Layer::of(&geo).unwrap();
+        let mut next = random::<T>(0xD1CE);
+        for (h, w, pad) in SHAPES {
+            let (geo, layer) = plane(h, w, pad);
             let (p, q) = (geo.h.output, geo.w.output);
             let x: Vec<T> = (0..h * w).map(|_| next()).collect();
             let dy: Vec<T> = (0..p * q).map(|_| next()).collect();
@@ -944,36 +972,9 @@ mod equal_to_general_path {
     }
 
     fn check<T: Element>() {
-        let mut seed = 0x5EED_u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            T::from_f64(((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
-        };
-        for (h, w, pad) in [
-            (8, 8, 1),
-            (7, 37, 1),
-            (5, 16, 0),
-            (9, 17, 2),
-            (3, 3, 0),
-            (2, 30, 2),
-            (28, 28, 1),
-            (6, 9, 1),
-            (5, 12, 2),
-        ] {
-            let spec = Conv2dSpec {
-                batch: 1,
-                in_channels: 1,
-                in_h: h,
-                in_w: w,
-                out_channels: 1,
-                kernel: [3, 3],
-                padding: [pad, pad],
-                ..Default::default()
-            };
-            let geo = ConvGeometry::new(&spec).unwrap();
-            let layer = Rows3Layer::of(&geo).unwrap();
+        let mut next = random::<T>(0x5EED);
+        for (h, w, pad) in SHAPES {
+            let (geo, layer) = plane(h, w, pad);
             let x: Vec<T> = (0..h * w).map(|_| next()).collect();
             let weights: Vec<T> = (0..9).map(|_| next()).collect();
             let init = next();
