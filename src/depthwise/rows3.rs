@@ -156,6 +156,7 @@ const PADDED_COLUMNS: usize = 8;
 /// Adds input row `t`'s three windows to the sums `$acc` of the first `$rows` output
 /// rows of a block (the forward): output row `b` meets it at kernel row `r = t − b`, and
 /// its taps go in the order `s` = 0, 1, 2.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
 macro_rules! forward_row {
     ($fma:ident, $acc:ident, $taps:ident, $t:expr, $rows:expr, $windows:expr) => {{
         let [w0, w1, w2] = $windows;
@@ -172,6 +173,7 @@ macro_rules! forward_row {
 /// Adds the products of input row `t`'s three windows with the `dy` rows `$d` of the first
 /// `$rows` output rows of a block to the tap sums `$acc` (the weight gradient): `dy` row
 /// `b` meets it at kernel row `r = t − b`, taps `3r + s`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
 macro_rules! gradient_row {
     ($fma:ident, $acc:ident, $d:ident, $t:expr, $rows:expr, $windows:expr) => {{
         let [w0, w1, w2] = $windows;
