@@ -232,9 +232,12 @@ pub(crate) fn forward<T: Element>(
                     apply_in_place(act, y_plane);
                     return;
                 }
-                let (padded, flat) = planes.get().split_at_mut(hp * wp);
+                let (padded, rest) = planes.get().split_at_mut(hp * wp);
                 place(x_plane, geo.w.input, padded, wp, pad_h, pad_w);
                 if unit_stride(geo) {
+                    // The flat output's rows of `wp` (the buffer may be longer: it also
+                    // holds the row kernel's padded copy where that runs).
+                    let flat = &mut rest[..(geo.h.output - 1) * wp + q];
                     correlate_flat(padded, &offsets, w_k, b, flat);
                     for (oh, row) in y_plane.chunks_exact_mut(q).enumerate() {
                         row.copy_from_slice(&flat[oh * wp..][..q]);
