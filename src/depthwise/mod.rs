@@ -837,3 +837,79 @@ fn dot_strided<T: Element>(
         *o += acc;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Planes, correlate_phased, phased_len, place_phased};
+    use crate::shape::{Conv2dSpec, ConvGeometry};
+
+    /// The phased strided forward gives, bit for bit, each output's taps added in order
+    /// to `init` one by one (`acc += w · x`), over column strides 1, 2 and 3, odd and
+    /// even paddings and widths, dilation 1 and 2, and non-square kernels, on every
+    /// instruction-set path (`CONVGEMM_ISA`).
+    #[test]
+    fn phased_correlation_is_the_per_output_sum() {
+        let mut seed = 0xFACE_u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for (h, w, k, stride, pad, dil) in [
+            (9, 9, [3, 3], [2, 2], [1, 1], [1, 1]),
+            (10, 11, [3, 3], [2, 2], [0, 2], [1, 1]),
+            (12, 13, [3, 2], [2, 3], [1, 1], [1, 2]),
+            (7, 16, [5, 5], [3, 2], [2, 2], [1, 1]),
+            (8, 7, [1, 3], [1, 2], [0, 1], [1, 1]),
+            (9, 6, [3, 3], [2, 1], [1, 1], [1, 1]),
+        ] {
+            let spec = Conv2dSpec {
+                batch: 1,
+                in_channels: 1,
+                in_h: h,
+                in_w: w,
+                out_channels: 1,
+                kernel: k,
+                stride,
+                padding: pad,
+                dilation: dil,
+                groups: 1,
+            };
+            let geo = ConvGeometry::new(&spec).unwrap();
+            let x: Vec<f32> = (0..h * w).map(|_| next()).collect();
+            let weights: Vec<f32> = (0..geo.taps).map(|_| next()).collect();
+            let init = next();
+            let mut planes = Planes::<f32>::new(phased_len(&geo));
+            let phased = &mut planes.get()[..phased_len(&geo)];
+            place_phased(&geo, &x, phased);
+            let mut out = vec![f32::NAN; geo.out_plane];
+            correlate_phased(&geo, phased, &weights, init, &mut out);
+            let (p, q) = (geo.h.output, geo.w.output);
+            for oh in 0..p {
+                for ow in 0..q {
+                    let mut acc = init;
+                    for r in 0..k[0] {
+                        for s in 0..k[1] {
+                            let ih = (oh * stride[0] + r * dil[0]) as isize - pad[0] as isize;
+                            let iw = (ow * stride[1] + s * dil[1]) as isize - pad[1] as isize;
+                            let inside =
+                                (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw);
+                            let v = if inside {
+                                x[ih as usize * w + iw as usize]
+                            } else {
+                                0.0
+                            };
+                            acc += weights[r * k[1] + s] * v;
+                        }
+                    }
+                    assert_eq!(
+                        out[oh * q + ow].to_bits(),
+                        acc.to_bits(),
+                        "{h}×{w} k {k:?} stride {stride:?} pad {pad:?} dil {dil:?}: ({oh}, {ow})"
+                    );
+                }
+            }
+        }
+    }
+}
