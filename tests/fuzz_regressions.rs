@@ -314,3 +314,39 @@ fn padded_copy_of_many_tiny_channels() {
     }
     check_all_passes(spec);
 }
+
+/// conv_never_panics (allocation guard): the strided depthwise forward split each padded
+/// plane into `stride_w` column phases, so a stride far wider than the row (here 2^20 over
+/// a 3-column row) allocated 2^20 phase planes, nearly all empty. Only the phases that
+/// hold a column are kept (`min(stride_w, W + 2·pad_w)`), so the scratch stays within
+/// two padded planes; the forward still matches the reference.
+#[test]
+fn depthwise_stride_wider_than_the_row() {
+    let spec = Conv2dSpec {
+        batch: 1,
+        in_channels: 2,
+        in_h: 5,
+        in_w: 3,
+        out_channels: 2,
+        kernel: [3, 3],
+        stride: [2, 1 << 20],
+        padding: [1, 0],
+        dilation: [1, 1],
+        groups: 2,
+    };
+    let conv = Conv2d::new(spec).unwrap();
+    let padded_plane = (5 + 2) * 3 * size_of::<f64>();
+    let ws = conv.workspace::<f64>(Pass::Forward);
+    assert!(
+        ws.column_bytes_per_task <= 2 * padded_plane,
+        "{ws:?} against a padded plane of {padded_plane} bytes"
+    );
+    let x: Vec<f64> = (0..2 * 5 * 3).map(|i| i as f64 * 0.25 - 3.0).collect();
+    let w: Vec<f64> = (0..2 * 9).map(|i| 1.0 - i as f64 * 0.125).collect();
+    let mut y = vec![0.0; conv.output_dims().iter().product()];
+    conv.forward(&x, &w, None, &mut y).unwrap();
+    let mut want = vec![0.0; y.len()];
+    convgemm::reference::conv2d_forward(&spec, &x, &w, None, &mut want).unwrap();
+    // Small integers and quarters: every product and sum is exact.
+    assert_eq!(y, want);
+}

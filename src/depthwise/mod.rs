@@ -602,11 +602,18 @@ fn axpy_lanes<T: Element, const FMA: bool>(acc: [T; LANES], a: T, x: &[T; LANES]
     std::array::from_fn(|j| madd::<T, FMA>(a, x[j], acc[j]))
 }
 
-/// Elements of the column phases of a padded plane ([`correlate_phased`]): `stride_w`
+/// Elements of the column phases of a padded plane ([`correlate_phased`]): [`phases`]
 /// phases of `H + 2·pad_h` rows of `⌈(W + 2·pad_w) / stride_w⌉`.
 fn phased_len(geo: &ConvGeometry) -> usize {
     let (hp, wp) = padded_dims(geo);
-    geo.w.stride * hp * wp.div_ceil(geo.w.stride)
+    phases(geo) * hp * wp.div_ceil(geo.w.stride)
+}
+
+/// Column phases that hold any column: `min(stride_w, W + 2·pad_w)` (a stride wider than
+/// the padded row leaves the other phases empty; allocating them would cost `stride_w`
+/// planes).
+fn phases(geo: &ConvGeometry) -> usize {
+    geo.w.stride.min(padded_dims(geo).1)
 }
 
 crate::dispatch! {
@@ -625,7 +632,7 @@ fn place_phased_body<T: Element, const FMA: bool>(geo: &ConvGeometry, x: &[T], p
     let wq = wp.div_ceil(sw);
     let (pad_h, pad_w) = (geo.h.padding, geo.w.padding);
     let plane = hp * wq;
-    if sw == 2 {
+    if sw == 2 && phases(geo) == 2 {
         // Input column iw = 2j + e (parity e) is padded column c = pad_w + e + 2j: phase
         // (pad_w + e) mod 2, column (pad_w + e) / 2 + j.
         let (phase0, phase1) = phased.split_at_mut(plane);
@@ -844,9 +851,9 @@ mod tests {
     use crate::shape::{Conv2dSpec, ConvGeometry};
 
     /// The phased strided forward gives, bit for bit, each output's taps added in order
-    /// to `init` one by one (`acc += w · x`), over column strides 1, 2 and 3, odd and
-    /// even paddings and widths, dilation 1 and 2, and non-square kernels, on every
-    /// instruction-set path (`CONVGEMM_ISA`).
+    /// to `init` one by one (`acc += w · x`), over column strides 1, 2 and 3 and wider
+    /// than the padded row, odd and even paddings and widths, dilation 1 and 2, and
+    /// non-square kernels, on every instruction-set path (`CONVGEMM_ISA`).
     #[test]
     fn phased_correlation_is_the_per_output_sum() {
         let mut seed = 0xFACE_u64;
@@ -863,6 +870,8 @@ mod tests {
             (7, 16, [5, 5], [3, 2], [2, 2], [1, 1]),
             (8, 7, [1, 3], [1, 2], [0, 1], [1, 1]),
             (9, 6, [3, 3], [2, 1], [1, 1], [1, 1]),
+            (5, 3, [3, 3], [2, 7], [0, 0], [1, 1]),
+            (6, 1, [3, 1], [1, 2], [1, 0], [1, 1]),
         ] {
             let spec = Conv2dSpec {
                 batch: 1,
