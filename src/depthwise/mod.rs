@@ -23,13 +23,17 @@
 //! (with masked loads at the edges), AVX2 a zero-padded copy of each; each input row
 //! they load serves three output rows.
 //!
-//! Other strides use straightforward loops on the padded plane (forward) or the scatter
-//! form (backward). Channel multipliers (`K = m·C`) are handled: output channel `k` reads
+//! **Other strides** reduce to the same flat kernels by splitting the padded plane into
+//! stride phases ([`phases`]): the forward and the weight gradient run on the phase
+//! planes, the input delta computes each phase of `dx` as a unit-stride correlation of
+//! `dy` with the taps that reach it and interleaves them. Channel multipliers (`K = m·C`) are handled: output channel `k` reads
 //! input channel `k / m`. Parallelism is over channel planes; every sum has a fixed order,
 //! so results do not depend on the thread count.
 
+mod phases;
 mod rows3;
 
+use phases::Phases;
 pub use rows3::Rows3;
 use rows3::Rows3Layer;
 
@@ -56,7 +60,8 @@ fn unit_stride(geo: &ConvGeometry) -> bool {
 /// would make that buffer much larger than the data, so such layers take the GEMM path,
 /// which never materializes the padding. The bound allows 4× the input and output planes.
 ///
-/// The scratch of any pass ([`scratch_len`]) is at most 7 padded planes, plus for the
+/// The scratch of any pass ([`scratch_len`]) is at most 13 padded planes (the strided
+/// input delta's; the other passes take at most 7), plus for the
 /// weight gradient `FILTER_BLOCK·(taps + 1)·LANES` lane sums, at most 256 more (the taps
 /// fit in the padded plane); it must also be addressable in bytes (`f64`), so
 /// [`Conv2d::workspace`](crate::Conv2d::workspace) cannot overflow even for valid plans
@@ -68,7 +73,7 @@ pub(crate) fn padding_is_moderate(geo: &ConvGeometry) -> bool {
         .saturating_add(1024);
     let addressable = |padded: usize| {
         padded
-            .checked_mul((7 + 2 * FILTER_BLOCK * LANES) * size_of::<f64>())
+            .checked_mul((13 + 2 * FILTER_BLOCK * LANES) * size_of::<f64>())
             .is_some_and(|bytes| bytes <= isize::MAX as usize)
     };
     hp.checked_mul(wp)
@@ -165,21 +170,15 @@ fn tap_offsets(geo: &ConvGeometry, width: usize) -> Vec<usize> {
     offsets
 }
 
-/// Elements of the scratch one task of `pass` uses (padded plane plus flat output), for
-/// [`Conv2d::workspace`](crate::Conv2d::workspace).
+/// Elements of the scratch one task of `pass` uses (the padded plane, split into its
+/// stride phases, plus the flat output), for [`Conv2d::workspace`](crate::Conv2d::workspace).
 pub(crate) fn scratch_len(geo: &ConvGeometry, pass: crate::Pass) -> usize {
-    let (hp, wp) = padded_dims(geo);
-    let (p, q) = (geo.h.output, geo.w.output);
+    let phases = Phases::of(geo);
+    let general = phases.len() + phases.flat_len(geo);
+    // The 3×3 row kernel's padded copy, in the same buffer.
+    let rows3 = Rows3Layer::of(geo).map_or(0, |layer| layer.padded_len());
     match pass {
-        crate::Pass::Forward => {
-            let general = if unit_stride(geo) {
-                hp * wp + (p - 1) * wp + q
-            } else {
-                phased_len(geo)
-            };
-            // The 3×3 row kernel's padded copy, in the same buffer.
-            general.max(Rows3Layer::of(geo).map_or(0, |layer| layer.padded_len()))
-        }
+        crate::Pass::Forward => general.max(rows3),
         crate::Pass::BackwardData if unit_stride(geo) => {
             if let Some(layer) = rows3_input_delta(geo) {
                 return layer.padded_len();
@@ -192,12 +191,8 @@ pub(crate) fn scratch_len(geo: &ConvGeometry, pass: crate::Pass) -> usize {
                 + (geo.h.input - 1) * (geo.w.input + ew)
                 + geo.w.input
         }
-        crate::Pass::BackwardData => 0,
-        crate::Pass::BackwardWeights => {
-            let general = hp * wp + (p - 1) * wp + q;
-            let rows3 = Rows3Layer::of(geo).map_or(0, |layer| layer.padded_len());
-            general.max(rows3) + FILTER_BLOCK * (geo.taps + 1) * LANES
-        }
+        crate::Pass::BackwardData => phases::backward_data_scratch_len(geo),
+        crate::Pass::BackwardWeights => general.max(rows3) + FILTER_BLOCK * (geo.taps + 1) * LANES,
     }
 }
 
@@ -209,10 +204,10 @@ pub(crate) fn forward<T: Element>(
     act: Activation,
     y: &mut [T],
 ) {
-    let (hp, wp) = padded_dims(geo);
     let q = geo.w.output;
-    let (pad_h, pad_w) = (geo.h.padding as isize, geo.w.padding as isize);
-    let offsets = tap_offsets(geo, wp);
+    let phases = Phases::of(geo);
+    let offsets = phases.tap_offsets(geo);
+    let (width, flat_len) = (phases.width(), phases.flat_len(geo));
     let multiplier = geo.filters_per_group;
     let rows3 = Rows3Layer::of(geo);
     y.par_chunks_exact_mut(geo.out_plane)
@@ -231,25 +226,16 @@ pub(crate) fn forward<T: Element>(
                     apply_in_place(act, y_plane);
                     return;
                 }
-                if !unit_stride(geo) {
-                    let phased = &mut planes.get()[..phased_len(geo)];
-                    place_phased(geo, x_plane, phased);
-                    correlate_phased(geo, phased, w_k, b, y_plane);
-                    apply_in_place(act, y_plane);
-                    return;
+                let (phased, rest) = planes.get().split_at_mut(phases.len());
+                phases.place(x_plane, phased);
+                // The flat output's rows of `width` (the buffer may be longer: it also
+                // holds the row kernel's padded copy where that runs).
+                let flat = &mut rest[..flat_len];
+                correlate_flat(phased, &offsets, w_k, b, flat);
+                for (oh, row) in y_plane.chunks_exact_mut(q).enumerate() {
+                    row.copy_from_slice(&flat[oh * width..][..q]);
                 }
-                let (padded, rest) = planes.get().split_at_mut(hp * wp);
-                place(x_plane, geo.w.input, padded, wp, pad_h, pad_w);
-                {
-                    // The flat output's rows of `wp` (the buffer may be longer: it also
-                    // holds the row kernel's padded copy where that runs).
-                    let flat = &mut rest[..(geo.h.output - 1) * wp + q];
-                    correlate_flat(padded, &offsets, w_k, b, flat);
-                    for (oh, row) in y_plane.chunks_exact_mut(q).enumerate() {
-                        row.copy_from_slice(&flat[oh * wp..][..q]);
-                    }
-                    apply_in_place(act, y_plane);
-                }
+                apply_in_place(act, y_plane);
             },
         );
 }
@@ -273,7 +259,7 @@ pub(crate) fn backward_data<T: Element>(
     write: Write,
 ) {
     if !unit_stride(geo) {
-        return backward_data_scatter(geo, dy, w, dx, write);
+        return phases::backward_data(geo, dy, w, dx, write);
     }
     // dx[ih][iw] = Σ_{r,s} w[r][s] · dy[ih + pad_h − r·dil_h][iw + pad_w − s·dil_w].
     // With dy shifted by ((R−1)·dil_h − pad_h, (S−1)·dil_w − pad_w) into a zeroed plane of
@@ -358,55 +344,6 @@ pub(crate) fn backward_data<T: Element>(
         );
 }
 
-/// Input delta for strided layers: the adjoint scatter, one `axpy` per (output row, tap).
-fn backward_data_scatter<T: Element>(
-    geo: &ConvGeometry,
-    dy: &[T],
-    w: &[T],
-    dx: &mut [T],
-    write: Write,
-) {
-    let multiplier = geo.filters_per_group;
-    let (ha, wa) = (&geo.h, &geo.w);
-    dx.par_chunks_exact_mut(geo.in_plane)
-        .enumerate()
-        .for_each(|(plane, dx_plane)| {
-            write.into(dx_plane, |dx_plane| {
-                let (n, c) = (plane / geo.in_channels, plane % geo.in_channels);
-                dx_plane.fill(T::ZERO);
-                for m in 0..multiplier {
-                    let k = c * multiplier + m;
-                    let dy_plane =
-                        &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
-                    let w_k = &w[k * geo.taps..][..geo.taps];
-                    for (oh, dy_row) in dy_plane.chunks_exact(wa.output).enumerate() {
-                        for r in 0..ha.kernel {
-                            let (lo, hi) = ha.valid_outputs(r);
-                            if oh < lo || oh >= hi {
-                                continue;
-                            }
-                            let dx_row =
-                                &mut dx_plane[ha.input_index(oh, r) * wa.input..][..wa.input];
-                            for (s, &wv) in w_k[r * wa.kernel..][..wa.kernel].iter().enumerate() {
-                                let (a, b) = wa.valid_outputs(s);
-                                if a < b {
-                                    let start = wa.input_index(a, s);
-                                    for (d, &v) in dx_row[start..]
-                                        .iter_mut()
-                                        .step_by(wa.stride)
-                                        .zip(&dy_row[a..b])
-                                    {
-                                        *d += wv * v;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            })
-        });
-}
-
 /// Filters per task of the weight gradient. A task walks the batch once for all of them,
 /// so it reads `FILTER_BLOCK` consecutive planes of `x` and of `dy` per image: runs long
 /// enough for the stream prefetchers, where one plane per image was not.
@@ -454,11 +391,10 @@ fn weight_gradient_block<T: Element>(
     mut db: Option<&mut [T]>,
     write: Write,
 ) {
-    let (hp, wp) = padded_dims(geo);
     let q = geo.w.output;
-    let (pad_h, pad_w) = (geo.h.padding as isize, geo.w.padding as isize);
-    let offsets = tap_offsets(geo, wp);
-    let flat_len = (geo.h.output - 1) * wp + q;
+    let phases = Phases::of(geo);
+    let offsets = phases.tap_offsets(geo);
+    let flat_len = phases.flat_len(geo);
     let filters = dw.len() / geo.taps;
     let x_plane = |n: usize, k: usize| {
         let c = k / geo.filters_per_group;
@@ -467,16 +403,16 @@ fn weight_gradient_block<T: Element>(
     let dy_plane =
         |n: usize, k: usize| &dy[(n * geo.out_channels + k) * geo.out_plane..][..geo.out_plane];
     // Per filter LANES partial sums per tap and for the bias, carried over the whole batch
-    // and reduced once at the end; then the padded input plane and dy laid out with the
-    // padded plane's row stride (wp), its junk columns zero (the 3×3 row kernel: its
-    // padded copy).
+    // and reduced once at the end; then the padded input plane split into its stride
+    // phases and dy laid out in rows of the phase width, its junk columns zero (the 3×3
+    // row kernel: its padded copy).
     let (lanes, work) = planes
         .get()
         .split_at_mut(FILTER_BLOCK * (geo.taps + 1) * LANES);
     let lanes = &mut lanes[..filters * (geo.taps + 1) * LANES];
     lanes.fill(T::ZERO);
     let rows3 = Rows3Layer::of(geo).filter(|_| rows3::available());
-    let (padded, rest) = work.split_at_mut(if rows3.is_some() { 0 } else { hp * wp });
+    let (phased, rest) = work.split_at_mut(if rows3.is_some() { 0 } else { phases.len() });
     let (dy_flat, rows3_scratch) = rest.split_at_mut(if rows3.is_some() { 0 } else { flat_len });
     for n in 0..geo.batch {
         for (f, lanes) in lanes.chunks_exact_mut((geo.taps + 1) * LANES).enumerate() {
@@ -493,50 +429,25 @@ fn weight_gradient_block<T: Element>(
                 debug_assert!(done, "rows3::available said yes");
                 continue;
             }
-            place(x_plane(n, k), geo.w.input, padded, wp, pad_h, pad_w);
-            if unit_stride(geo) {
-                let (tap_lanes, bias_lanes) = lanes.split_at_mut(geo.taps * LANES);
-                let bias_lanes = if db.is_some() {
-                    bias_lanes
-                } else {
-                    &mut [][..]
-                };
-                place(dy_plane(n, k), q, dy_flat, wp, 0, 0);
-                dot_flat(dy_flat, padded, &offsets, tap_lanes, bias_lanes);
+            phases.place(x_plane(n, k), phased);
+            let (tap_lanes, bias_lanes) = lanes.split_at_mut(geo.taps * LANES);
+            let bias_lanes = if db.is_some() {
+                bias_lanes
             } else {
-                // Strided: running totals per tap and for the bias, over the images in
-                // order, in the first `taps + 1` of the filter's (otherwise unused) lanes.
-                let (tap_totals, bias_total) = lanes.split_at_mut(geo.taps);
-                dot_strided(
-                    dy_plane(n, k),
-                    q,
-                    padded,
-                    wp,
-                    [geo.h.stride, geo.w.stride],
-                    &offsets,
-                    tap_totals,
-                );
-                if db.is_some() {
-                    bias_total[0] += crate::simd::sum(dy_plane(n, k));
-                }
-            }
+                &mut [][..]
+            };
+            place(dy_plane(n, k), q, dy_flat, phases.width(), 0, 0);
+            dot_flat(dy_flat, phased, &offsets, tap_lanes, bias_lanes);
         }
     }
     for (f, lanes) in lanes.chunks_exact((geo.taps + 1) * LANES).enumerate() {
         let dw_f = &mut dw[f * geo.taps..][..geo.taps];
-        if unit_stride(geo) {
-            let (tap_lanes, bias_lanes) = lanes.split_at(geo.taps * LANES);
-            for (d, l) in dw_f.iter_mut().zip(tap_lanes.chunks_exact(LANES)) {
-                write.put(d, crate::simd::sum(l));
-            }
-            if let Some(db) = db.as_deref_mut() {
-                write.put(&mut db[f], crate::simd::sum(bias_lanes));
-            }
-        } else {
-            write.put_all(dw_f, &lanes[..geo.taps]);
-            if let Some(db) = db.as_deref_mut() {
-                write.put(&mut db[f], lanes[geo.taps]);
-            }
+        let (tap_lanes, bias_lanes) = lanes.split_at(geo.taps * LANES);
+        for (d, l) in dw_f.iter_mut().zip(tap_lanes.chunks_exact(LANES)) {
+            write.put(d, crate::simd::sum(l));
+        }
+        if let Some(db) = db.as_deref_mut() {
+            write.put(&mut db[f], crate::simd::sum(bias_lanes));
         }
     }
 }
@@ -600,115 +511,6 @@ fn correlate_flat_body<T: Element, const FMA: bool>(
 #[inline(always)]
 fn axpy_lanes<T: Element, const FMA: bool>(acc: [T; LANES], a: T, x: &[T; LANES]) -> [T; LANES] {
     std::array::from_fn(|j| madd::<T, FMA>(a, x[j], acc[j]))
-}
-
-/// Elements of the column phases of a padded plane ([`correlate_phased`]): [`phases`]
-/// phases of `H + 2·pad_h` rows of `⌈(W + 2·pad_w) / stride_w⌉`.
-fn phased_len(geo: &ConvGeometry) -> usize {
-    let (hp, wp) = padded_dims(geo);
-    phases(geo) * hp * wp.div_ceil(geo.w.stride)
-}
-
-/// Column phases that hold any column: `min(stride_w, W + 2·pad_w)` (a stride wider than
-/// the padded row leaves the other phases empty; allocating them would cost `stride_w`
-/// planes).
-fn phases(geo: &ConvGeometry) -> usize {
-    geo.w.stride.min(padded_dims(geo).1)
-}
-
-crate::dispatch! {
-    /// Copies the `H × W` plane `x` into the column phases of its zero-padded plane:
-    /// `phased[ph][row][j]` = padded element `(row, j·sw + ph)` (`sw` the column stride),
-    /// `phased_len` elements. Only the plane's own positions are written: the padding keeps
-    /// the zeros the task's buffer was filled with ([`Planes`]). Stride 2 deinterleaves
-    /// pairs of columns (vectorized); other strides copy each phase's columns with a step.
-    fn place_phased<T: Element>(geo: &ConvGeometry, x: &[T], phased: &mut [T]) = place_phased_body;
-}
-
-#[inline(always)]
-fn place_phased_body<T: Element, const FMA: bool>(geo: &ConvGeometry, x: &[T], phased: &mut [T]) {
-    let (hp, wp) = padded_dims(geo);
-    let (sw, w) = (geo.w.stride, geo.w.input);
-    let wq = wp.div_ceil(sw);
-    let (pad_h, pad_w) = (geo.h.padding, geo.w.padding);
-    let plane = hp * wq;
-    if sw == 2 && phases(geo) == 2 {
-        // Input column iw = 2j + e (parity e) is padded column c = pad_w + e + 2j: phase
-        // (pad_w + e) mod 2, column (pad_w + e) / 2 + j.
-        let (phase0, phase1) = phased.split_at_mut(plane);
-        for (ih, x_row) in x.chunks_exact(w).enumerate() {
-            let row = (pad_h + ih) * wq;
-            let (c0, c1) = (pad_w, pad_w + 1);
-            let (even, odd) = if pad_w % 2 == 0 {
-                (
-                    &mut phase0[row + c0 / 2..row + wq],
-                    &mut phase1[row + c1 / 2..row + wq],
-                )
-            } else {
-                (
-                    &mut phase1[row + c0 / 2..row + wq],
-                    &mut phase0[row + c1 / 2..row + wq],
-                )
-            };
-            let pairs = x_row.chunks_exact(2);
-            let last = pairs.remainder().first().copied();
-            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
-                *e = pair[0];
-                *o = pair[1];
-            }
-            if let Some(v) = last {
-                even[w / 2] = v;
-            }
-        }
-        return;
-    }
-    for (ih, x_row) in x.chunks_exact(w).enumerate() {
-        let row = (pad_h + ih) * wq;
-        for (iw, &v) in x_row.iter().enumerate() {
-            let c = pad_w + iw;
-            phased[(c % sw) * plane + row + c / sw] = v;
-        }
-    }
-}
-
-crate::dispatch! {
-    /// The strided correlation `out[oh][ow] = init + Σ_taps w · padded[oh·sh + r·dh][ow·sw +
-    /// s·dw]` from the column phases of the padded plane ([`place_phased`]), where each tap's
-    /// inputs for a row of outputs are one run (phase `s·dw mod sw`, from column
-    /// `⌊s·dw / sw⌋`). The plane starts at `init` and gets one multiply-add per tap over
-    /// each output row, the taps in order: per output the same operations as a loop over
-    /// its taps, in whole-row vector steps instead of a strided gather per output (on a
-    /// MobileNet-sized stride-2 layer, 3 × 3 over 56 × 56, the gather ran at 1.7 GFLOP/s).
-    fn correlate_phased<T: Element>(geo: &ConvGeometry, phased: &[T], weights: &[T], init: T, out: &mut [T]) = correlate_phased_body;
-}
-
-/// The multiply-adds are not fused on any path (the same bits everywhere).
-#[inline(always)]
-fn correlate_phased_body<T: Element, const FMA: bool>(
-    geo: &ConvGeometry,
-    phased: &[T],
-    weights: &[T],
-    init: T,
-    out: &mut [T],
-) {
-    let (hp, wp) = padded_dims(geo);
-    let (sh, sw) = (geo.h.stride, geo.w.stride);
-    let wq = wp.div_ceil(sw);
-    let q = geo.w.output;
-    // Tap by tap over the whole plane (each output still gets its taps in order): one
-    // division per tap, for where its run starts in `phased` for output row 0.
-    out.fill(init);
-    let taps = (0..geo.h.kernel).flat_map(|r| (0..geo.w.kernel).map(move |s| (r, s)));
-    for ((r, s), &wv) in taps.zip(weights) {
-        let col = s * geo.w.dilation;
-        let start = ((col % sw) * hp + r * geo.h.dilation) * wq + col / sw;
-        for (oh, row) in out.chunks_exact_mut(q).enumerate() {
-            let at = start + oh * sh * wq;
-            for (o, &v) in row.iter_mut().zip(&phased[at..at + q]) {
-                *o += wv * v;
-            }
-        }
-    }
 }
 
 crate::dispatch! {
@@ -820,105 +622,4 @@ fn fma_lanes<T: Element, const FMA: bool>(
     y: &[T; LANES],
 ) -> [T; LANES] {
     std::array::from_fn(|j| madd::<T, FMA>(x[j], y[j], acc[j]))
-}
-
-/// Strided weight gradient on a padded plane (rare: no flat form): `out[i] += Σ_{p,q}
-/// dy[p][q] · src[p·stride_h·width + q·stride_w + offsets[i]]`.
-fn dot_strided<T: Element>(
-    dy: &[T],
-    dy_w: usize,
-    src: &[T],
-    width: usize,
-    stride: [usize; 2],
-    offsets: &[usize],
-    out: &mut [T],
-) {
-    for (&off, o) in offsets.iter().zip(out.iter_mut()) {
-        let mut acc = T::ZERO;
-        for (oh, row) in dy.chunks_exact(dy_w).enumerate() {
-            let base = oh * stride[0] * width + off;
-            for (ow, &d) in row.iter().enumerate() {
-                acc += d * src[base + ow * stride[1]];
-            }
-        }
-        *o += acc;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Planes, correlate_phased, phased_len, place_phased};
-    use crate::shape::{Conv2dSpec, ConvGeometry};
-
-    /// The phased strided forward gives, bit for bit, each output's taps added in order
-    /// to `init` one by one (`acc += w · x`), over column strides 1, 2 and 3 and wider
-    /// than the padded row, odd and even paddings and widths, dilation 1 and 2, and
-    /// non-square kernels, on every instruction-set path (`CONVGEMM_ISA`).
-    #[test]
-    fn phased_correlation_is_the_per_output_sum() {
-        let mut seed = 0xFACE_u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
-        for (h, w, k, stride, pad, dil) in [
-            (9, 9, [3, 3], [2, 2], [1, 1], [1, 1]),
-            (10, 11, [3, 3], [2, 2], [0, 2], [1, 1]),
-            (12, 13, [3, 2], [2, 3], [1, 1], [1, 2]),
-            (7, 16, [5, 5], [3, 2], [2, 2], [1, 1]),
-            (8, 7, [1, 3], [1, 2], [0, 1], [1, 1]),
-            (9, 6, [3, 3], [2, 1], [1, 1], [1, 1]),
-            (5, 3, [3, 3], [2, 7], [0, 0], [1, 1]),
-            (6, 1, [3, 1], [1, 2], [1, 0], [1, 1]),
-        ] {
-            let spec = Conv2dSpec {
-                batch: 1,
-                in_channels: 1,
-                in_h: h,
-                in_w: w,
-                out_channels: 1,
-                kernel: k,
-                stride,
-                padding: pad,
-                dilation: dil,
-                groups: 1,
-            };
-            let geo = ConvGeometry::new(&spec).unwrap();
-            let x: Vec<f32> = (0..h * w).map(|_| next()).collect();
-            let weights: Vec<f32> = (0..geo.taps).map(|_| next()).collect();
-            let init = next();
-            let mut planes = Planes::<f32>::new(phased_len(&geo));
-            let phased = &mut planes.get()[..phased_len(&geo)];
-            place_phased(&geo, &x, phased);
-            let mut out = vec![f32::NAN; geo.out_plane];
-            correlate_phased(&geo, phased, &weights, init, &mut out);
-            let (p, q) = (geo.h.output, geo.w.output);
-            for oh in 0..p {
-                for ow in 0..q {
-                    let mut acc = init;
-                    for r in 0..k[0] {
-                        for s in 0..k[1] {
-                            let ih = (oh * stride[0] + r * dil[0]) as isize - pad[0] as isize;
-                            let iw = (ow * stride[1] + s * dil[1]) as isize - pad[1] as isize;
-                            let inside =
-                                (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw);
-                            let v = if inside {
-                                x[ih as usize * w + iw as usize]
-                            } else {
-                                0.0
-                            };
-                            acc += weights[r * k[1] + s] * v;
-                        }
-                    }
-                    assert_eq!(
-                        out[oh * q + ow].to_bits(),
-                        acc.to_bits(),
-                        "{h}×{w} k {k:?} stride {stride:?} pad {pad:?} dil {dil:?}: ({oh}, {ow})"
-                    );
-                }
-            }
-        }
-    }
 }
