@@ -132,6 +132,21 @@ pub fn battery() -> Vec<Case> {
             name: "depthwise_multiplier",
             spec: spec(2, 3, [7, 9], 6, [3, 3], [2, 1], one, one, 3),
         },
+        // Strided depthwise layers (split into stride phases): MobileNet's 3 × 3 stride 2
+        // on odd and even sizes, with a channel multiplier and dilation, and a 5 × 5
+        // stride 3.
+        Case {
+            name: "depthwise_stride2",
+            spec: spec(2, 6, [11, 10], 6, [3, 3], [2, 2], one, one, 6),
+        },
+        Case {
+            name: "depthwise_stride2_multiplier_dilated",
+            spec: spec(2, 3, [12, 9], 6, [3, 3], [2, 2], [2, 1], [2, 1], 3),
+        },
+        Case {
+            name: "depthwise_stride3_5x5",
+            spec: spec(1, 4, [13, 14], 4, [5, 5], [3, 3], [2, 2], one, 4),
+        },
         Case {
             name: "depthwise_n1",
             spec: spec(1, 8, [10, 10], 8, [3, 3], one, one, one, 8),
