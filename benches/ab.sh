@@ -7,7 +7,8 @@
 # usage: benches/ab.sh A_BIN B_BIN          (suite runners: target/release/examples/suite
 #                                            of the two commits, copied aside)
 # environment:
-#   LAYERS="resnet_stem resnet_3x3_28"   layers (default: all of benches/suite.json)
+#   SUITE=benches/mobilenet_dw_s2.json   layer file (default: benches/suite.json)
+#   LAYERS="resnet_stem resnet_3x3_28"   layers (default: all of the layer file)
 #   PASSES="fwd bwd_data bwd_weight"     passes (default: all three)
 #   THREADS=1                            thread count
 #   ROUNDS=8                             rounds
@@ -22,7 +23,8 @@ if [ $# -ne 2 ]; then
     exit 2
 fi
 a=$1 b=$2
-layers=${LAYERS:-$(python3 -c 'import json; print(" ".join(l["name"] for l in json.load(open("benches/suite.json"))["layers"]))')}
+suite=${SUITE:-benches/suite.json}
+layers=${LAYERS:-$(python3 -c 'import json, sys; print(" ".join(l["name"] for l in json.load(open(sys.argv[1]))["layers"]))' "$suite")}
 passes=${PASSES:-fwd bwd_data bwd_weight}
 threads=${THREADS:-1}
 rounds=${ROUNDS:-8}
@@ -38,7 +40,7 @@ for round in $(seq "$rounds"); do
             for side in $order; do
                 bin=$a
                 if [ "$side" = B ]; then bin=$b; fi
-                line=$("$bin" --no-check --json --threads "$threads" --layers "$layer" \
+                line=$("$bin" --suite "$suite" --no-check --json --threads "$threads" --layers "$layer" \
                     --passes "$pass" --min-reps 7 --target-s 0.3 --retries 0 2>/dev/null)
                 echo "$round $side $line" >> "$log"
             done
