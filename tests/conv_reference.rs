@@ -43,6 +43,17 @@ fn random_specs_against_reference() {
     }
 }
 
+#[test]
+fn random_depthwise_specs_against_reference() {
+    let mut rng = Rng::new(0xD3E9);
+    for i in 0..300 {
+        let spec = random_depthwise_spec(&mut rng);
+        let name = format!("random depthwise #{i} {spec:?}");
+        check_against_reference::<f64>(&name, &spec, i % 2 == 0, 9000 + i);
+        check_exact::<f32>(&name, &spec, 13000 + i);
+    }
+}
+
 /// The outputs are not trivially zero: each has exactly the reference's non-zero pattern
 /// size, and that is not empty (so a kernel that writes nothing cannot match a reference
 /// that happens to be small). Zeros are legitimate where no window reads an input or a

@@ -386,6 +386,29 @@ pub fn random_spec(rng: &mut Rng) -> Conv2dSpec {
     }
 }
 
+/// A random valid depthwise spec (`C/groups = 1`, channel multiplier 1–2): the direct
+/// depthwise kernels' territory, with strides up to 4 (more stride phases than kernel
+/// taps, or the reverse), dilation, and padding up to the kernel's reach.
+pub fn random_depthwise_spec(rng: &mut Rng) -> Conv2dSpec {
+    loop {
+        let channels = rng.range(1, 3);
+        let s = spec(
+            rng.range(1, 2),
+            channels,
+            [rng.range(1, 12), rng.range(1, 12)],
+            channels * rng.range(1, 2),
+            [rng.range(1, 5), rng.range(1, 5)],
+            [rng.range(1, 4), rng.range(1, 4)],
+            [rng.range(0, 4), rng.range(0, 4)],
+            [rng.range(1, 3), rng.range(1, 3)],
+            channels,
+        );
+        if Conv2d::new(s).is_ok() {
+            return s;
+        }
+    }
+}
+
 /// Largest absolute difference.
 pub fn max_abs_diff<T: Element>(a: &[T], b: &[T]) -> f64 {
     a.iter()
