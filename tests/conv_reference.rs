@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use convgemm::{Conv2d, reference};
+use convgemm::{Conv2d, Conv2dSpec, reference};
 
 #[test]
 fn battery_f64_against_reference() {
@@ -32,26 +32,33 @@ fn battery_exact_on_small_integers() {
     }
 }
 
-#[test]
-fn random_specs_against_reference() {
-    let mut rng = Rng::new(0xC0FFEE);
-    for i in 0..400 {
-        let spec = random_spec(&mut rng);
-        let name = format!("random #{i} {spec:?}");
-        check_against_reference::<f64>(&name, &spec, i % 2 == 0, 1000 + i);
-        check_exact::<f32>(&name, &spec, 5000 + i);
+/// `count` seeded specs from `spec_of`, each in f64 against the reference (tolerance
+/// rule) and in f32 bit for bit on small integers; data seeds from `data_seed` (f64) and
+/// `data_seed + 4000` (f32).
+fn check_random_specs(
+    label: &str,
+    seed: u64,
+    count: u64,
+    data_seed: u64,
+    spec_of: fn(&mut Rng) -> Conv2dSpec,
+) {
+    let mut rng = Rng::new(seed);
+    for i in 0..count {
+        let spec = spec_of(&mut rng);
+        let name = format!("{label} #{i} {spec:?}");
+        check_against_reference::<f64>(&name, &spec, i % 2 == 0, data_seed + i);
+        check_exact::<f32>(&name, &spec, data_seed + 4000 + i);
     }
 }
 
 #[test]
+fn random_specs_against_reference() {
+    check_random_specs("random", 0xC0FFEE, 400, 1000, random_spec);
+}
+
+#[test]
 fn random_depthwise_specs_against_reference() {
-    let mut rng = Rng::new(0xD3E9);
-    for i in 0..300 {
-        let spec = random_depthwise_spec(&mut rng);
-        let name = format!("random depthwise #{i} {spec:?}");
-        check_against_reference::<f64>(&name, &spec, i % 2 == 0, 9000 + i);
-        check_exact::<f32>(&name, &spec, 13000 + i);
-    }
+    check_random_specs("random depthwise", 0xD3E9, 300, 9000, random_depthwise_spec);
 }
 
 /// The outputs are not trivially zero: each has exactly the reference's non-zero pattern

@@ -365,11 +365,11 @@ pub fn battery() -> Vec<Case> {
     ]
 }
 
-/// A random small valid spec (rejection-sampled; also returns how many were rejected).
+/// A random small valid spec (rejection-sampled), any groups.
 pub fn random_spec(rng: &mut Rng) -> Conv2dSpec {
-    loop {
+    valid_spec(rng, |rng| {
         let groups = rng.range(1, 3);
-        let s = spec(
+        spec(
             rng.range(1, 3),
             groups * rng.range(1, 4),
             [rng.range(1, 10), rng.range(1, 10)],
@@ -379,20 +379,17 @@ pub fn random_spec(rng: &mut Rng) -> Conv2dSpec {
             [rng.range(0, 3), rng.range(0, 3)],
             [rng.range(1, 3), rng.range(1, 3)],
             groups,
-        );
-        if Conv2d::new(s).is_ok() {
-            return s;
-        }
-    }
+        )
+    })
 }
 
 /// A random valid depthwise spec (`C/groups = 1`, channel multiplier 1–2): the direct
 /// depthwise kernels' territory, with strides up to 4 (more stride phases than kernel
 /// taps, or the reverse), dilation, and padding up to the kernel's reach.
 pub fn random_depthwise_spec(rng: &mut Rng) -> Conv2dSpec {
-    loop {
+    valid_spec(rng, |rng| {
         let channels = rng.range(1, 3);
-        let s = spec(
+        spec(
             rng.range(1, 2),
             channels,
             [rng.range(1, 12), rng.range(1, 12)],
@@ -402,7 +399,14 @@ pub fn random_depthwise_spec(rng: &mut Rng) -> Conv2dSpec {
             [rng.range(0, 4), rng.range(0, 4)],
             [rng.range(1, 3), rng.range(1, 3)],
             channels,
-        );
+        )
+    })
+}
+
+/// Draws specs from `draw` until one is valid.
+fn valid_spec(rng: &mut Rng, mut draw: impl FnMut(&mut Rng) -> Conv2dSpec) -> Conv2dSpec {
+    loop {
+        let s = draw(rng);
         if Conv2d::new(s).is_ok() {
             return s;
         }
