@@ -26,12 +26,15 @@
 //! **Other strides** reduce to the same flat kernels by splitting the padded plane into
 //! stride phases ([`phases`]): the forward and the weight gradient run on the phase
 //! planes, the input delta computes each phase of `dx` as a unit-stride correlation of
-//! `dy` with the taps that reach it and interleaves them. Channel multipliers (`K = m·C`) are handled: output channel `k` reads
+//! `dy` with the taps that reach it and interleaves them. The 3×3 stride-2 forward skips
+//! the phase planes on AVX-512 ([`stride2`]: each input row read in place, its even and
+//! odd columns split in registers), with the same bits. Channel multipliers (`K = m·C`) are handled: output channel `k` reads
 //! input channel `k / m`. Parallelism is over channel planes; every sum has a fixed order,
 //! so results do not depend on the thread count.
 
 mod phases;
 mod rows3;
+mod stride2;
 
 use phases::Phases;
 pub use rows3::Rows3;
@@ -210,6 +213,7 @@ pub(crate) fn forward<T: Element>(
     let (width, flat_len) = (phases.width(), phases.flat_len(geo));
     let multiplier = geo.filters_per_group;
     let rows3 = Rows3Layer::of(geo);
+    let stride2 = Rows3Layer::of_stride2(geo);
     y.par_chunks_exact_mut(geo.out_plane)
         .enumerate()
         .for_each_init(
@@ -222,6 +226,12 @@ pub(crate) fn forward<T: Element>(
                 let b = bias.map_or(T::ZERO, |b| b[k]);
                 if let Some(layer) = &rows3
                     && T::rows3(layer, x_plane, w_k, b, y_plane, false, planes.get())
+                {
+                    apply_in_place(act, y_plane);
+                    return;
+                }
+                if let Some(layer) = &stride2
+                    && T::rows3_stride2(layer, x_plane, w_k, b, y_plane)
                 {
                     apply_in_place(act, y_plane);
                     return;

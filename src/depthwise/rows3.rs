@@ -53,6 +53,18 @@ pub trait Rows3: Sized {
         scratch: &mut [Self],
     ) -> bool;
 
+    /// The forward of a 3×3 stride-2 layer (`layer` from [`Rows3Layer::of_stride2`]):
+    /// `out[p][q] = init + Σ_{r,s} weights[3·r + s] · xpad[2p + r][2q + s]`, with the
+    /// general path's bits. Returns `false`, having written nothing, where the CPU has no
+    /// AVX-512 (the phase planes then serve, [`super::phases`]).
+    fn rows3_stride2(
+        layer: &Rows3Layer,
+        x: &[Self],
+        weights: &[Self],
+        init: Self,
+        out: &mut [Self],
+    ) -> bool;
+
     /// Adds one image's weight (and bias) gradient of one filter to `sums`:
     /// `sums[16·(3r + s) + j] += Σ_{p, q ≡ j} dy[p][q] · xpad[p + r][q + s]` for the 9 taps,
     /// and with `bias`, `sums[16·9 + j] += Σ_{p, q ≡ j} dy[p][q]` (`j` below the vector's
@@ -76,13 +88,13 @@ pub(crate) const SUM_BLOCK: usize = 16;
 #[derive(Clone, Copy, Debug)]
 pub struct Rows3Layer {
     /// Input plane `H × W`.
-    h: usize,
-    w: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
     /// Output plane `P × Q`.
-    p: usize,
-    q: usize,
-    pad_h: usize,
-    pad_w: usize,
+    pub(super) p: usize,
+    pub(super) q: usize,
+    pub(super) pad_h: usize,
+    pub(super) pad_w: usize,
 }
 
 impl Rows3Layer {
@@ -90,6 +102,20 @@ impl Rows3Layer {
     pub(crate) fn of(geo: &ConvGeometry) -> Option<Rows3Layer> {
         let ones = |a: &crate::shape::Axis| a.stride == 1 && a.dilation == 1 && a.kernel == 3;
         (ones(&geo.h) && ones(&geo.w)).then_some(Rows3Layer {
+            h: geo.h.input,
+            w: geo.w.input,
+            p: geo.h.output,
+            q: geo.w.output,
+            pad_h: geo.h.padding,
+            pad_w: geo.w.padding,
+        })
+    }
+
+    /// The layer's sizes if it is of the stride-2 forward kernel's kind
+    /// ([`Rows3::rows3_stride2`]): 3×3, stride 2, dilation 1.
+    pub(crate) fn of_stride2(geo: &ConvGeometry) -> Option<Rows3Layer> {
+        let twos = |a: &crate::shape::Axis| a.stride == 2 && a.dilation == 1 && a.kernel == 3;
+        (twos(&geo.h) && twos(&geo.w)).then_some(Rows3Layer {
             h: geo.h.input,
             w: geo.w.input,
             p: geo.h.output,
@@ -321,8 +347,26 @@ macro_rules! rows3_kernels {
 /// [`isa`](crate::simd::isa).
 macro_rules! impl_rows3 {
     ($t:ty, avx512 = ($fwd512:ident, $grad512:ident), avx2 = ($fwd2:ident, $grad2:ident),
-     avx2_padded = ($padded:ident, $padded_grad:ident, $padded_lanes:literal)) => {
+     avx2_padded = ($padded:ident, $padded_grad:ident, $padded_lanes:literal),
+     stride2 = $stride2:ident) => {
         impl Rows3 for $t {
+            fn rows3_stride2(
+                layer: &Rows3Layer,
+                x: &[$t],
+                weights: &[$t],
+                init: $t,
+                out: &mut [$t],
+            ) -> bool {
+                #[cfg(target_arch = "x86_64")]
+                if crate::simd::isa() == Isa::Avx512 {
+                    // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
+                    unsafe { super::stride2::$stride2(layer, x, weights, init, out) };
+                    return true;
+                }
+                let _ = (layer, x, weights, init, out);
+                false
+            }
+
             fn rows3(
                 layer: &Rows3Layer,
                 x: &[$t],
@@ -846,13 +890,15 @@ impl_rows3!(
     f32,
     avx512 = (rows3_f32_avx512, rows3_grad_f32_avx512),
     avx2 = (rows3_f32_avx2, rows3_grad_f32_avx2),
-    avx2_padded = (rows3_padded_f32_avx2, rows3_padded_grad_f32_avx2, 8)
+    avx2_padded = (rows3_padded_f32_avx2, rows3_padded_grad_f32_avx2, 8),
+    stride2 = forward_f32
 );
 impl_rows3!(
     f64,
     avx512 = (rows3_f64_avx512, rows3_grad_f64_avx512),
     avx2 = (rows3_f64_avx2, rows3_grad_f64_avx2),
-    avx2_padded = (rows3_padded_f64_avx2, rows3_padded_grad_f64_avx2, 4)
+    avx2_padded = (rows3_padded_f64_avx2, rows3_padded_grad_f64_avx2, 4),
+    stride2 = forward_f64
 );
 
 #[cfg(test)]
