@@ -26,9 +26,9 @@
 //! **Other strides** reduce to the same flat kernels by splitting the padded plane into
 //! stride phases ([`phases`]): the forward and the weight gradient run on the phase
 //! planes, the input delta computes each phase of `dx` as a unit-stride correlation of
-//! `dy` with the taps that reach it and interleaves them. The 3×3 stride-2 forward skips
-//! the phase planes on AVX-512 ([`stride2`]: each input row read in place, its even and
-//! odd columns split in registers), with the same bits. Channel multipliers (`K = m·C`) are handled: output channel `k` reads
+//! `dy` with the taps that reach it and interleaves them. The 3×3 stride-2 forward and
+//! weight gradient skip the phase planes on AVX-512 ([`stride2`]: each input row read in
+//! place, its even and odd columns split in registers). Channel multipliers (`K = m·C`) are handled: output channel `k` reads
 //! input channel `k / m`. Parallelism is over channel planes; every sum has a fixed order,
 //! so results do not depend on the thread count.
 
@@ -422,8 +422,10 @@ fn weight_gradient_block<T: Element>(
     let lanes = &mut lanes[..filters * (geo.taps + 1) * LANES];
     lanes.fill(T::ZERO);
     let rows3 = Rows3Layer::of(geo).filter(|_| rows3::available());
-    let (phased, rest) = work.split_at_mut(if rows3.is_some() { 0 } else { phases.len() });
-    let (dy_flat, rows3_scratch) = rest.split_at_mut(if rows3.is_some() { 0 } else { flat_len });
+    let stride2 = Rows3Layer::of_stride2(geo).filter(|_| stride2::available());
+    let direct = rows3.is_some() || stride2.is_some();
+    let (phased, rest) = work.split_at_mut(if direct { 0 } else { phases.len() });
+    let (dy_flat, rows3_scratch) = rest.split_at_mut(if direct { 0 } else { flat_len });
     for n in 0..geo.batch {
         for (f, lanes) in lanes.chunks_exact_mut((geo.taps + 1) * LANES).enumerate() {
             let k = first + f;
@@ -437,6 +439,17 @@ fn weight_gradient_block<T: Element>(
                     rows3_scratch,
                 );
                 debug_assert!(done, "rows3::available said yes");
+                continue;
+            }
+            if let Some(layer) = &stride2 {
+                let done = T::rows3_stride2_weight_gradient(
+                    layer,
+                    x_plane(n, k),
+                    dy_plane(n, k),
+                    lanes,
+                    db.is_some(),
+                );
+                debug_assert!(done, "stride2::available said yes");
                 continue;
             }
             phases.place(x_plane(n, k), phased);

@@ -65,6 +65,19 @@ pub trait Rows3: Sized {
         out: &mut [Self],
     ) -> bool;
 
+    /// The weight gradient of a 3×3 stride-2 layer (`layer` from
+    /// [`Rows3Layer::of_stride2`]), added to `sums` in the layout of
+    /// [`rows3_weight_gradient`](Self::rows3_weight_gradient), with `xpad[2p + r][2q + s]`
+    /// for `xpad[p + r][q + s]`. Returns `false`, having changed nothing, where the CPU has
+    /// no AVX-512.
+    fn rows3_stride2_weight_gradient(
+        layer: &Rows3Layer,
+        x: &[Self],
+        dy: &[Self],
+        sums: &mut [Self],
+        bias: bool,
+    ) -> bool;
+
     /// Adds one image's weight (and bias) gradient of one filter to `sums`:
     /// `sums[16·(3r + s) + j] += Σ_{p, q ≡ j} dy[p][q] · xpad[p + r][q + s]` for the 9 taps,
     /// and with `bias`, `sums[16·9 + j] += Σ_{p, q ≡ j} dy[p][q]` (`j` below the vector's
@@ -348,8 +361,25 @@ macro_rules! rows3_kernels {
 macro_rules! impl_rows3 {
     ($t:ty, avx512 = ($fwd512:ident, $grad512:ident), avx2 = ($fwd2:ident, $grad2:ident),
      avx2_padded = ($padded:ident, $padded_grad:ident, $padded_lanes:literal),
-     stride2 = $stride2:ident) => {
+     stride2 = ($stride2:ident, $stride2_grad:ident)) => {
         impl Rows3 for $t {
+            fn rows3_stride2_weight_gradient(
+                layer: &Rows3Layer,
+                x: &[$t],
+                dy: &[$t],
+                sums: &mut [$t],
+                bias: bool,
+            ) -> bool {
+                #[cfg(target_arch = "x86_64")]
+                if crate::simd::isa() == Isa::Avx512 {
+                    // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
+                    unsafe { super::stride2::$stride2_grad(layer, x, dy, sums, bias) };
+                    return true;
+                }
+                let _ = (layer, x, dy, sums, bias);
+                false
+            }
+
             fn rows3_stride2(
                 layer: &Rows3Layer,
                 x: &[$t],
@@ -891,14 +921,14 @@ impl_rows3!(
     avx512 = (rows3_f32_avx512, rows3_grad_f32_avx512),
     avx2 = (rows3_f32_avx2, rows3_grad_f32_avx2),
     avx2_padded = (rows3_padded_f32_avx2, rows3_padded_grad_f32_avx2, 8),
-    stride2 = forward_f32
+    stride2 = (forward_f32, gradient_f32)
 );
 impl_rows3!(
     f64,
     avx512 = (rows3_f64_avx512, rows3_grad_f64_avx512),
     avx2 = (rows3_f64_avx2, rows3_grad_f64_avx2),
     avx2_padded = (rows3_padded_f64_avx2, rows3_padded_grad_f64_avx2, 4),
-    stride2 = forward_f64
+    stride2 = (forward_f64, gradient_f64)
 );
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
-//! Direct AVX-512 forward kernels for the strided depthwise layer of MobileNet-style
-//! networks: 3×3, stride 2, dilation 1.
+//! Direct AVX-512 kernels for the strided depthwise layer of MobileNet-style networks:
+//! 3×3, stride 2, dilation 1; the forward and the weight gradient (the input delta stays
+//! on the phase planes).
 //!
 //! The general strided path ([`super::phases`]) first copies each input plane into its
 //! four stride phases (a deinterleaving copy that waits on the plane's first reads from
-//! memory: more than half of the forward's time) and then runs the flat correlation on
-//! them. Here each block of `L` outputs (16 f32, 8 f64) of an output row reads its input
+//! memory: more than half of the forward's time) and then runs the flat correlation, or
+//! the flat dot products of the weight gradient, on them. Here each block of `L` outputs (16 f32, 8 f64) of an output row reads its input
 //! row straight from the plane: the `2·L + 1` columns `start .. start + 2·L` it needs
 //! (`start = 2·col − pad_w`) come from three masked loads `a`, `b`, `c` (zeros for the
 //! columns in the padding; `c` holds one lane), and the three windows, columns
@@ -14,8 +15,14 @@
 //! split once for the one or two output rows that meet it (rows in the padding are zero
 //! vectors).
 //!
-//! Every output adds its taps in the general path's order (`r`, then `s`, fused
-//! multiply-adds from the bias), so the results are bit-identical to it.
+//! The weight gradient meets the same windows with four `dy` rows, adding to per-lane
+//! partial sums per tap in the layout of the stride-1 kernel
+//! ([`Rows3::rows3_weight_gradient`](super::Rows3::rows3_weight_gradient)).
+//!
+//! Every output of the forward adds its taps in the general path's order (`r`, then `s`,
+//! fused multiply-adds from the bias), so its results are bit-identical to it; the weight
+//! gradient's partial sums are grouped by output column, not by flat index as on the
+//! phase planes, so its bits differ from theirs within rounding.
 
 #[cfg(target_arch = "x86_64")]
 use super::rows3::Rows3Layer;
@@ -45,9 +52,10 @@ const NEXT_F64: [i64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 /// The forward kernel of one element type.
 #[cfg(target_arch = "x86_64")]
 macro_rules! stride2_kernel {
-    ($name:ident, $t:ty, $v:ty, $lanes:literal, $m:ty, tables = ($even:ident, $odd:ident, $next:ident),
-     set1 = $set1:ident, zero = $zero:ident, load = $load:ident, store = $store:ident,
-     fma = $fma:ident, permute = $permute:ident) => {
+    ($name:ident, $grad:ident, $t:ty, $v:ty, $lanes:literal, $m:ty,
+     tables = ($even:ident, $odd:ident, $next:ident), set1 = $set1:ident, zero = $zero:ident,
+     load = $load:ident, store = $store:ident, fma = $fma:ident, permute = $permute:ident,
+     add = $add:ident, loadu = $loadu:ident, storeu = $storeu:ident) => {
         /// `out[p][q] = init + Σ_{r,s} weights[3·r + s] · xpad[2p + r][2q + s]` over the
         /// zero-padded `H × W` input plane `x` (`layer`'s sizes are the stride-2 layer's,
         /// [`Rows3Layer::of_stride2`]); `out` is the `P × Q` output plane.
@@ -149,12 +157,124 @@ macro_rules! stride2_kernel {
                 }
             }
         }
+
+        /// Adds one image's weight (and bias) gradient of one filter to `sums`, in the
+        /// layout of [`Rows3::rows3_weight_gradient`](super::Rows3::rows3_weight_gradient):
+        /// `sums[16·(3r + s) + j] += Σ_{p, q ≡ j} dy[p][q] · xpad[2p + r][2q + s]` (`j` below
+        /// the vector's lane count), and with `bias`, `sums[16·9 + j] += Σ_{p, q ≡ j}
+        /// dy[p][q]`. `x` is the `H × W` input plane, `dy` the `P × Q` output gradient.
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512F. The slices are checked here.
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn $grad(
+            layer: &Rows3Layer,
+            x: &[$t],
+            dy: &[$t],
+            sums: &mut [$t],
+            bias: bool,
+        ) {
+            use std::arch::x86_64::*;
+            const L: usize = $lanes;
+            const SUM_BLOCK: usize = super::rows3::SUM_BLOCK;
+            let Rows3Layer {
+                h,
+                w,
+                p,
+                q,
+                pad_h,
+                pad_w,
+            } = *layer;
+            assert!(
+                x.len() == h * w && dy.len() == p * q && sums.len() == 10 * SUM_BLOCK,
+                "stride2: plane or sums of the wrong size"
+            );
+            // SAFETY (all loads and stores of `sums`): AVX-512F is enabled; block `i < 10`
+            // spans elements `16·i .. 16·i + L` of `sums` (160 elements, asserted; L ≤ 16).
+            let mut acc: [$v; 10] =
+                std::array::from_fn(|i| unsafe { $loadu(sums.as_ptr().add(i * SUM_BLOCK)) });
+            // SAFETY: as in the forward kernel.
+            let (even, odd, next) = unsafe {
+                (
+                    _mm512_loadu_si512($even.as_ptr().cast()),
+                    _mm512_loadu_si512($odd.as_ptr().cast()),
+                    _mm512_loadu_si512($next.as_ptr().cast()),
+                )
+            };
+            for oh in (0..p).step_by(BLOCKS) {
+                // The block's dy rows: only rows below P take part (the input rows that
+                // meet only rows past the plane's end are not read).
+                let rows = BLOCKS.min(p - oh);
+                for col in (0..q).step_by(L) {
+                    let start = 2 * col as isize - pad_w as isize;
+                    let masks = [
+                        column_mask(start, w, L) as $m,
+                        column_mask(start + L as isize, w, L) as $m,
+                        (column_mask(start + 2 * L as isize, w, L) & 1) as $m,
+                    ];
+                    let dy_mask = column_mask(col as isize, q, L) as $m;
+                    let mut d = [$zero(); BLOCKS];
+                    for (b, d) in d.iter_mut().enumerate().take(rows) {
+                        // SAFETY: AVX-512F is enabled; the enabled lanes are columns
+                        // `col + i < q` of dy row `oh + b < p`, inside `dy` (asserted).
+                        *d = unsafe { $load(dy_mask, dy.as_ptr().add((oh + b) * q + col)) };
+                        if bias {
+                            acc[9] = $add(acc[9], *d);
+                        }
+                    }
+                    // The three windows of the block's input row `t`, as in the forward.
+                    let windows = |t: usize| {
+                        let ih = (2 * oh + t) as isize - pad_h as isize;
+                        let (a, b, c) = if (0..h as isize).contains(&ih) {
+                            let row = x.as_ptr().wrapping_add(ih as usize * w);
+                            // SAFETY: as in the forward kernel: the enabled lanes are
+                            // columns `0 <= start + i < w` of row `0 <= ih < h`, inside `x`.
+                            unsafe {
+                                (
+                                    $load(masks[0], row.wrapping_offset(start)),
+                                    $load(masks[1], row.wrapping_offset(start + L as isize)),
+                                    $load(masks[2], row.wrapping_offset(start + 2 * L as isize)),
+                                )
+                            }
+                        } else {
+                            ($zero(), $zero(), $zero())
+                        };
+                        let w0 = $permute(a, even, b);
+                        [w0, $permute(a, odd, b), $permute(w0, next, c)]
+                    };
+                    // dy row `d` meets the windows `ws` at kernel row `r`: taps `3r + s`.
+                    let add_row = |acc: &mut [$v; 10], d: $v, r: usize, ws: [$v; 3]| {
+                        for (s, ws) in ws.into_iter().enumerate() {
+                            acc[3 * r + s] = $fma(d, ws, acc[3 * r + s]);
+                        }
+                    };
+                    // dy row `b` meets input rows `2b`, `2b + 1`, `2b + 2` (the last also
+                    // row `b + 1`'s first), with fixed bounds as in the forward.
+                    add_row(&mut acc, d[0], 0, windows(0));
+                    for b in 0..BLOCKS {
+                        if b < rows {
+                            add_row(&mut acc, d[b], 1, windows(2 * b + 1));
+                            let shared = windows(2 * b + 2);
+                            add_row(&mut acc, d[b], 2, shared);
+                            if b + 1 < rows {
+                                add_row(&mut acc, d[b + 1], 0, shared);
+                            }
+                        }
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                // SAFETY: see the loads of `sums` above.
+                unsafe { $storeu(sums.as_mut_ptr().add(i * SUM_BLOCK), *a) };
+            }
+        }
     };
 }
 
 #[cfg(target_arch = "x86_64")]
 stride2_kernel!(
     forward_f32_avx512,
+    gradient_f32_avx512,
     f32,
     __m512,
     16,
@@ -165,12 +285,16 @@ stride2_kernel!(
     load = _mm512_maskz_loadu_ps,
     store = _mm512_mask_storeu_ps,
     fma = _mm512_fmadd_ps,
-    permute = _mm512_permutex2var_ps
+    permute = _mm512_permutex2var_ps,
+    add = _mm512_add_ps,
+    loadu = _mm512_loadu_ps,
+    storeu = _mm512_storeu_ps
 );
 
 #[cfg(target_arch = "x86_64")]
 stride2_kernel!(
     forward_f64_avx512,
+    gradient_f64_avx512,
     f64,
     __m512d,
     8,
@@ -181,11 +305,22 @@ stride2_kernel!(
     load = _mm512_maskz_loadu_pd,
     store = _mm512_mask_storeu_pd,
     fma = _mm512_fmadd_pd,
-    permute = _mm512_permutex2var_pd
+    permute = _mm512_permutex2var_pd,
+    add = _mm512_add_pd,
+    loadu = _mm512_loadu_pd,
+    storeu = _mm512_storeu_pd
 );
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use {forward_f32_avx512 as forward_f32, forward_f64_avx512 as forward_f64};
+pub(super) use {
+    forward_f32_avx512 as forward_f32, forward_f64_avx512 as forward_f64,
+    gradient_f32_avx512 as gradient_f32, gradient_f64_avx512 as gradient_f64,
+};
+
+/// Whether the kernels here run on this CPU (AVX-512).
+pub(super) fn available() -> bool {
+    cfg!(target_arch = "x86_64") && crate::simd::isa() == crate::simd::Isa::Avx512
+}
 
 #[cfg(test)]
 mod tests {
@@ -214,34 +349,115 @@ mod tests {
         check::<f64>();
     }
 
+    /// The weight-gradient kernel against the definition (f64 sums over the outputs), with
+    /// and without the bias sums, starting from nonzero partial sums as over a batch.
+    /// Skipped (passes vacuously) on CPUs without AVX-512.
+    #[test]
+    fn weight_gradient_matches_the_definition() {
+        check_gradient::<f32>(f32::EPSILON as f64);
+        check_gradient::<f64>(f64::EPSILON);
+    }
+
+    /// `epsilon`: the unit roundoff of `T`.
+    fn check_gradient<T: Element>(epsilon: f64) {
+        const SUM_BLOCK: usize = super::super::rows3::SUM_BLOCK;
+        let mut next = random::<T>(0xD1CE_2);
+        for (h, w, pad) in SHAPES {
+            let (geo, layer) = plane(h, w, pad);
+            let (p, q) = (geo.h.output, geo.w.output);
+            let x: Vec<T> = (0..h * w).map(|_| next()).collect();
+            let dy: Vec<T> = (0..p * q).map(|_| next()).collect();
+            let start: Vec<T> = (0..10 * SUM_BLOCK).map(|_| next()).collect();
+            for bias in [false, true] {
+                let mut sums = start.clone();
+                if !T::rows3_stride2_weight_gradient(&layer, &x, &dy, &mut sums, bias) {
+                    return;
+                }
+                // The lanes the kernel adds to: one vector of each 16-element block.
+                let lanes = 64 / std::mem::size_of::<T>();
+                let total = |v: &[T], tap: usize| -> f64 {
+                    v[tap * SUM_BLOCK..][..lanes]
+                        .iter()
+                        .map(|e| e.to_f64())
+                        .sum()
+                };
+                for tap in 0..10 {
+                    if tap == 9 && !bias {
+                        assert_eq!(total(&sums, 9), total(&start, 9), "bias sums untouched");
+                        continue;
+                    }
+                    let (r, s) = (tap / 3, tap % 3);
+                    let mut want = total(&start, tap);
+                    let mut magnitude = want.abs();
+                    for oh in 0..p {
+                        for ow in 0..q {
+                            let d = dy[oh * q + ow].to_f64();
+                            let (ih, iw) = (
+                                (2 * oh + r) as isize - pad as isize,
+                                (2 * ow + s) as isize - pad as isize,
+                            );
+                            let v = if tap == 9 {
+                                1.0
+                            } else if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                                0.0
+                            } else {
+                                x[ih as usize * w + iw as usize].to_f64()
+                            };
+                            want += d * v;
+                            magnitude += (d * v).abs();
+                        }
+                    }
+                    let got = total(&sums, tap);
+                    // `p·q` products and `lanes` partial sums added, each addition rounding
+                    // by at most ε times the magnitude of all terms.
+                    let bound = epsilon * (p * q + lanes) as f64 * magnitude;
+                    assert!(
+                        (got - want).abs() <= bound,
+                        "{h}×{w} pad {pad}: tap {tap}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Plane sizes `h × w` and paddings: paddings 0–3, even and odd sizes, planes narrower
+    /// than a vector and wider than two, output heights that are not a multiple of the
+    /// rows in flight.
+    const SHAPES: [(usize, usize, usize); 10] = [
+        (56, 56, 1),
+        (7, 7, 1),
+        (8, 9, 0),
+        (5, 40, 2),
+        (3, 3, 1),
+        (13, 70, 1),
+        (11, 33, 3),
+        (2, 66, 1),
+        (3, 66, 0),
+        (9, 31, 2),
+    ];
+
+    /// One `h × w` plane, 3 × 3, stride 2, padding `pad`: its geometry and the kernels' sizes.
+    fn plane(h: usize, w: usize, pad: usize) -> (ConvGeometry, Rows3Layer) {
+        let spec = Conv2dSpec {
+            batch: 1,
+            in_channels: 1,
+            in_h: h,
+            in_w: w,
+            out_channels: 1,
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: [pad, pad],
+            ..Default::default()
+        };
+        let geo = ConvGeometry::new(&spec).unwrap();
+        let layer = Rows3Layer::of_stride2(&geo).unwrap();
+        (geo, layer)
+    }
+
     fn check<T: Element>() {
         let mut next = random::<T>(0x57_2D);
-        let shapes = [
-            (56, 56, 1),
-            (7, 7, 1),
-            (8, 9, 0),
-            (5, 40, 2),
-            (3, 3, 1),
-            (13, 70, 1),
-            (11, 33, 3),
-            (2, 66, 1),
-            (3, 66, 0),
-            (9, 31, 2),
-        ];
-        for (h, w, pad) in shapes {
-            let spec = Conv2dSpec {
-                batch: 1,
-                in_channels: 1,
-                in_h: h,
-                in_w: w,
-                out_channels: 1,
-                kernel: [3, 3],
-                stride: [2, 2],
-                padding: [pad, pad],
-                ..Default::default()
-            };
-            let geo = ConvGeometry::new(&spec).unwrap();
-            let layer = Rows3Layer::of_stride2(&geo).unwrap();
+        for (h, w, pad) in SHAPES {
+            let (geo, layer) = plane(h, w, pad);
             let (p, q) = (geo.h.output, geo.w.output);
             let x: Vec<T> = (0..h * w).map(|_| next()).collect();
             let weights: Vec<T> = (0..9).map(|_| next()).collect();
