@@ -26,9 +26,9 @@
 //! **Other strides** reduce to the same flat kernels by splitting the padded plane into
 //! stride phases ([`phases`]): the forward and the weight gradient run on the phase
 //! planes, the input delta computes each phase of `dx` as a unit-stride correlation of
-//! `dy` with the taps that reach it and interleaves them. The 3×3 stride-2 forward and
-//! weight gradient skip the phase planes on AVX-512 ([`stride2`]: each input row read in
-//! place, its even and odd columns split in registers). Channel multipliers (`K = m·C`) are handled: output channel `k` reads
+//! `dy` with the taps that reach it and interleaves them. The 3×3 stride-2 layer skips the
+//! phase planes on AVX-512 in all three passes ([`stride2`]: rows read in place, even and
+//! odd columns split or interleaved in registers). Channel multipliers (`K = m·C`) are handled: output channel `k` reads
 //! input channel `k / m`. Parallelism is over channel planes; every sum has a fixed order,
 //! so results do not depend on the thread count.
 
@@ -260,6 +260,15 @@ fn rows3_input_delta(geo: &ConvGeometry) -> Option<Rows3Layer> {
     Rows3Layer::for_input_delta(geo)
 }
 
+/// The stride-2 kernel's sizes where it computes the input delta of `geo`: one filter per
+/// channel (it writes each `dx` plane from one `dy` plane), 3×3 stride 2, and AVX-512.
+fn stride2_input_delta(geo: &ConvGeometry) -> Option<Rows3Layer> {
+    if geo.filters_per_group != 1 || !stride2::available() {
+        return None;
+    }
+    Rows3Layer::of_stride2(geo)
+}
+
 /// Input delta, plane by plane; `write` stores each finished plane (see [`Write::into`]).
 pub(crate) fn backward_data<T: Element>(
     geo: &ConvGeometry,
@@ -268,6 +277,20 @@ pub(crate) fn backward_data<T: Element>(
     dx: &mut [T],
     write: Write,
 ) {
+    if let Some(layer) = stride2_input_delta(geo) {
+        dx.par_chunks_exact_mut(geo.in_plane)
+            .zip(dy.par_chunks_exact(geo.out_plane))
+            .enumerate()
+            .for_each(|(plane, (dx_plane, dy_plane))| {
+                let k = plane % geo.out_channels;
+                let accumulate = write == Write::Accumulate;
+                let w_k = &w[k * 9..][..9];
+                let done =
+                    T::rows3_stride2_input_delta(&layer, dy_plane, w_k, dx_plane, accumulate);
+                debug_assert!(done, "stride2::available said yes");
+            });
+        return;
+    }
     if !unit_stride(geo) {
         return phases::backward_data(geo, dy, w, dx, write);
     }

@@ -65,6 +65,19 @@ pub trait Rows3: Sized {
         out: &mut [Self],
     ) -> bool;
 
+    /// The input delta of a 3×3 stride-2 layer with one filter per channel (`layer` from
+    /// [`Rows3Layer::of_stride2`]): `dx[ih][iw] = Σ weights[3·r + s] · dy[p][q]` over
+    /// `2p + r − pad_h = ih`, `2q + s − pad_w = iw`, written into the `H × W` plane `dx`
+    /// (with `accumulate`, added to it). Returns `false`, having written nothing, where the
+    /// CPU has no AVX-512.
+    fn rows3_stride2_input_delta(
+        layer: &Rows3Layer,
+        dy: &[Self],
+        weights: &[Self],
+        dx: &mut [Self],
+        accumulate: bool,
+    ) -> bool;
+
     /// The weight gradient of a 3×3 stride-2 layer (`layer` from
     /// [`Rows3Layer::of_stride2`]), added to `sums` in the layout of
     /// [`rows3_weight_gradient`](Self::rows3_weight_gradient), with `xpad[2p + r][2q + s]`
@@ -361,8 +374,25 @@ macro_rules! rows3_kernels {
 macro_rules! impl_rows3 {
     ($t:ty, avx512 = ($fwd512:ident, $grad512:ident), avx2 = ($fwd2:ident, $grad2:ident),
      avx2_padded = ($padded:ident, $padded_grad:ident, $padded_lanes:literal),
-     stride2 = ($stride2:ident, $stride2_grad:ident)) => {
+     stride2 = ($stride2:ident, $stride2_grad:ident, $stride2_delta:ident)) => {
         impl Rows3 for $t {
+            fn rows3_stride2_input_delta(
+                layer: &Rows3Layer,
+                dy: &[$t],
+                weights: &[$t],
+                dx: &mut [$t],
+                accumulate: bool,
+            ) -> bool {
+                #[cfg(target_arch = "x86_64")]
+                if crate::simd::isa() == Isa::Avx512 {
+                    // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
+                    unsafe { super::stride2::$stride2_delta(layer, dy, weights, dx, accumulate) };
+                    return true;
+                }
+                let _ = (layer, dy, weights, dx, accumulate);
+                false
+            }
+
             fn rows3_stride2_weight_gradient(
                 layer: &Rows3Layer,
                 x: &[$t],
@@ -921,14 +951,14 @@ impl_rows3!(
     avx512 = (rows3_f32_avx512, rows3_grad_f32_avx512),
     avx2 = (rows3_f32_avx2, rows3_grad_f32_avx2),
     avx2_padded = (rows3_padded_f32_avx2, rows3_padded_grad_f32_avx2, 8),
-    stride2 = (forward_f32, gradient_f32)
+    stride2 = (forward_f32, gradient_f32, input_delta_f32)
 );
 impl_rows3!(
     f64,
     avx512 = (rows3_f64_avx512, rows3_grad_f64_avx512),
     avx2 = (rows3_f64_avx2, rows3_grad_f64_avx2),
     avx2_padded = (rows3_padded_f64_avx2, rows3_padded_grad_f64_avx2, 4),
-    stride2 = (forward_f64, gradient_f64)
+    stride2 = (forward_f64, gradient_f64, input_delta_f64)
 );
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Direct AVX-512 kernels for the strided depthwise layer of MobileNet-style networks:
-//! 3×3, stride 2, dilation 1; the forward and the weight gradient (the input delta stays
-//! on the phase planes).
+//! 3×3, stride 2, dilation 1, all three passes (the input delta with one filter per
+//! channel).
 //!
 //! The general strided path ([`super::phases`]) first copies each input plane into its
 //! four stride phases (a deinterleaving copy that waits on the plane's first reads from
@@ -15,7 +15,10 @@
 //! split once for the one or two output rows that meet it (rows in the padding are zero
 //! vectors).
 //!
-//! The weight gradient meets the same windows with four `dy` rows, adding to per-lane
+//! The input delta is written row by row of `dx`: each row meets the kernel rows of one
+//! parity, and a block of its columns is the interleave (`vpermt2ps`) of the even
+//! columns' sums (taps 0 and 2) and the odd columns' (tap 1), each from one or two `dy`
+//! rows. The weight gradient meets the forward's windows with four `dy` rows, adding to per-lane
 //! partial sums per tap in the layout of the stride-1 kernel
 //! ([`Rows3::rows3_weight_gradient`](super::Rows3::rows3_weight_gradient)).
 //!
@@ -49,11 +52,22 @@ const ODD_F64: [i64; 8] = [1, 3, 5, 7, 9, 11, 13, 15];
 #[cfg(target_arch = "x86_64")]
 const NEXT_F64: [i64; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
-/// The forward kernel of one element type.
+/// The lanes of the input delta's `e ‖ o` interleaved: the low and high halves of
+/// `e[0], o[0], e[1], o[1], …`.
+#[cfg(target_arch = "x86_64")]
+const LOW_F32: [i32; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
+#[cfg(target_arch = "x86_64")]
+const HIGH_F32: [i32; 16] = [8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31];
+#[cfg(target_arch = "x86_64")]
+const LOW_F64: [i64; 8] = [0, 8, 1, 9, 2, 10, 3, 11];
+#[cfg(target_arch = "x86_64")]
+const HIGH_F64: [i64; 8] = [4, 12, 5, 13, 6, 14, 7, 15];
+
+/// The kernels of one element type.
 #[cfg(target_arch = "x86_64")]
 macro_rules! stride2_kernel {
-    ($name:ident, $grad:ident, $t:ty, $v:ty, $lanes:literal, $m:ty,
-     tables = ($even:ident, $odd:ident, $next:ident), set1 = $set1:ident, zero = $zero:ident,
+    ($name:ident, $grad:ident, $delta:ident, $t:ty, $v:ty, $lanes:literal, $m:ty,
+     tables = ($even:ident, $odd:ident, $next:ident, $low:ident, $high:ident), set1 = $set1:ident, zero = $zero:ident,
      load = $load:ident, store = $store:ident, fma = $fma:ident, permute = $permute:ident,
      add = $add:ident, loadu = $loadu:ident, storeu = $storeu:ident) => {
         /// `out[p][q] = init + Σ_{r,s} weights[3·r + s] · xpad[2p + r][2q + s]` over the
@@ -268,6 +282,111 @@ macro_rules! stride2_kernel {
                 unsafe { $storeu(sums.as_mut_ptr().add(i * SUM_BLOCK), *a) };
             }
         }
+
+        /// The input delta with one filter per channel: `dx[ih][iw] = Σ w[r][s] ·
+        /// dy[p][q]` over the taps and outputs with `2p + r − pad_h = ih`, `2q + s − pad_w
+        /// = iw`, written into the `H × W` plane `dx` (with `accumulate`, added to it).
+        /// `dy` is the `P × Q` output gradient, `weights` the filter's 3 × 3 taps.
+        ///
+        /// An input row meets kernel rows of one parity (`r` = 0 and 2, or 1), and in
+        /// each block of `2·L` input columns starting at an even padded column `2m`, the
+        /// even columns take taps `s` = 0 and 2 (`dy` columns `m + i` and `m + i − 1`),
+        /// the odd ones tap 1 (`m + i`): two vectors `e`, `o` from one or two `dy` rows,
+        /// interleaved into the block by two `vpermt2ps`. Each element adds its terms in
+        /// the order `r`, then `s`.
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512F. The slices are checked here.
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn $delta(
+            layer: &Rows3Layer,
+            dy: &[$t],
+            weights: &[$t],
+            dx: &mut [$t],
+            accumulate: bool,
+        ) {
+            use std::arch::x86_64::*;
+            const L: usize = $lanes;
+            let Rows3Layer {
+                h,
+                w,
+                p,
+                q,
+                pad_h,
+                pad_w,
+            } = *layer;
+            let weights: &[$t; 9] = weights.try_into().expect("stride2: 3×3 taps per filter");
+            assert!(
+                dy.len() == p * q && dx.len() == h * w,
+                "stride2: plane of the wrong size"
+            );
+            let taps: [_; 9] = std::array::from_fn(|i| $set1(weights[i]));
+            // SAFETY: AVX-512F is enabled; each table is 64 bytes, read unaligned.
+            let (low, high) = unsafe {
+                (
+                    _mm512_loadu_si512($low.as_ptr().cast()),
+                    _mm512_loadu_si512($high.as_ptr().cast()),
+                )
+            };
+            for ih in 0..h {
+                let u = ih + pad_h;
+                let dx_row = dx.as_mut_ptr().wrapping_add(ih * w);
+                // Blocks of padded columns `2m .. 2m + 2L` covering `pad_w .. pad_w + W`.
+                for m in (pad_w / 2..(pad_w + w).div_ceil(2)).step_by(L) {
+                    let (d_mask, before_mask) = (
+                        column_mask(m as isize, q, L) as $m,
+                        column_mask(m as isize - 1, q, L) as $m,
+                    );
+                    // Adds kernel row `r`'s terms, if its dy row is in the plane.
+                    let add_row = |r: usize, (e, o): ($v, $v)| {
+                        let Some(row) = u.checked_sub(r).map(|v| v / 2).filter(|&pr| pr < p) else {
+                            return (e, o);
+                        };
+                        let at = dy.as_ptr().wrapping_add(row * q);
+                        // SAFETY: AVX-512F is enabled. The enabled lanes are columns
+                        // `0 <= m + i (− 1) < q` (the masks) of dy row `row < p`, inside
+                        // `dy` (`p·q` elements, asserted).
+                        let (d, before) = unsafe {
+                            (
+                                $load(d_mask, at.wrapping_add(m)),
+                                $load(before_mask, at.wrapping_add(m).wrapping_sub(1)),
+                            )
+                        };
+                        let e = $fma(taps[3 * r], d, e);
+                        let e = $fma(taps[3 * r + 2], before, e);
+                        (e, $fma(taps[3 * r + 1], d, o))
+                    };
+                    // Kernel rows of the row's parity, in order (constant `r`: the taps
+                    // stay in registers).
+                    let zero = ($zero(), $zero());
+                    let (e, o) = if u % 2 == 0 {
+                        add_row(2, add_row(0, zero))
+                    } else {
+                        add_row(1, zero)
+                    };
+                    let start = 2 * m as isize - pad_w as isize;
+                    let masks = [
+                        column_mask(start, w, L) as $m,
+                        column_mask(start + L as isize, w, L) as $m,
+                    ];
+                    for (half, (table, mask)) in [low, high].into_iter().zip(masks).enumerate() {
+                        let at = dx_row.wrapping_offset(start + (half * L) as isize);
+                        let v = $permute(e, table, o);
+                        // SAFETY: AVX-512F is enabled. The enabled lanes are columns
+                        // `0 <= start + half·L + i < w` (the mask) of row `ih < h`, inside
+                        // `dx` (`h·w` elements, asserted).
+                        unsafe {
+                            let v = if accumulate {
+                                $add($load(mask, at), v)
+                            } else {
+                                v
+                            };
+                            $store(at, mask, v);
+                        }
+                    }
+                }
+            }
+        }
     };
 }
 
@@ -275,11 +394,12 @@ macro_rules! stride2_kernel {
 stride2_kernel!(
     forward_f32_avx512,
     gradient_f32_avx512,
+    input_delta_f32_avx512,
     f32,
     __m512,
     16,
     u16,
-    tables = (EVEN_F32, ODD_F32, NEXT_F32),
+    tables = (EVEN_F32, ODD_F32, NEXT_F32, LOW_F32, HIGH_F32),
     set1 = _mm512_set1_ps,
     zero = _mm512_setzero_ps,
     load = _mm512_maskz_loadu_ps,
@@ -295,11 +415,12 @@ stride2_kernel!(
 stride2_kernel!(
     forward_f64_avx512,
     gradient_f64_avx512,
+    input_delta_f64_avx512,
     f64,
     __m512d,
     8,
     u8,
-    tables = (EVEN_F64, ODD_F64, NEXT_F64),
+    tables = (EVEN_F64, ODD_F64, NEXT_F64, LOW_F64, HIGH_F64),
     set1 = _mm512_set1_pd,
     zero = _mm512_setzero_pd,
     load = _mm512_maskz_loadu_pd,
@@ -315,6 +436,7 @@ stride2_kernel!(
 pub(super) use {
     forward_f32_avx512 as forward_f32, forward_f64_avx512 as forward_f64,
     gradient_f32_avx512 as gradient_f32, gradient_f64_avx512 as gradient_f64,
+    input_delta_f32_avx512 as input_delta_f32, input_delta_f64_avx512 as input_delta_f64,
 };
 
 /// Whether the kernels here run on this CPU (AVX-512).
@@ -415,6 +537,67 @@ mod tests {
                         (got - want).abs() <= bound,
                         "{h}×{w} pad {pad}: tap {tap}: {got} vs {want}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The input-delta kernel against the definition (f64 sums), writing and accumulating
+    /// onto random values. Skipped (passes vacuously) on CPUs without AVX-512.
+    #[test]
+    fn input_delta_matches_the_definition() {
+        check_delta::<f32>(f32::EPSILON as f64);
+        check_delta::<f64>(f64::EPSILON);
+    }
+
+    /// `epsilon`: the unit roundoff of `T`.
+    fn check_delta<T: Element>(epsilon: f64) {
+        let mut next = random::<T>(0xDE17A);
+        for (h, w, pad) in SHAPES {
+            let (geo, layer) = plane(h, w, pad);
+            let (p, q) = (geo.h.output, geo.w.output);
+            let dy: Vec<T> = (0..p * q).map(|_| next()).collect();
+            let weights: Vec<T> = (0..9).map(|_| next()).collect();
+            let old: Vec<T> = (0..h * w).map(|_| next()).collect();
+            for accumulate in [false, true] {
+                let mut dx = if accumulate {
+                    old.clone()
+                } else {
+                    vec![T::from_f64(f64::NAN); h * w]
+                };
+                if !T::rows3_stride2_input_delta(&layer, &dy, &weights, &mut dx, accumulate) {
+                    return;
+                }
+                for ih in 0..h {
+                    for iw in 0..w {
+                        let mut want = if accumulate {
+                            old[ih * w + iw].to_f64()
+                        } else {
+                            0.0
+                        };
+                        let mut magnitude = want.abs();
+                        for (tap, wt) in weights.iter().enumerate() {
+                            let (u, v) = (ih + pad, iw + pad);
+                            let (r, s) = (tap / 3, tap % 3);
+                            if u < r || v < s || (u - r) % 2 == 1 || (v - s) % 2 == 1 {
+                                continue;
+                            }
+                            let (oh, ow) = ((u - r) / 2, (v - s) / 2);
+                            if oh < p && ow < q {
+                                let term = wt.to_f64() * dy[oh * q + ow].to_f64();
+                                want += term;
+                                magnitude += term.abs();
+                            }
+                        }
+                        let got = dx[ih * w + iw].to_f64();
+                        // At most 4 products and the old value: 5 roundings.
+                        let bound = 5.0 * epsilon * magnitude;
+                        assert!(
+                            (got - want).abs() <= bound,
+                            "{h}×{w} pad {pad}, accumulate {accumulate}: dx ({ih}, {iw}): \
+                             {got} vs {want}"
+                        );
+                    }
                 }
             }
         }
