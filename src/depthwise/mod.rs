@@ -174,14 +174,20 @@ fn tap_offsets(geo: &ConvGeometry, width: usize) -> Vec<usize> {
 }
 
 /// Elements of the scratch one task of `pass` uses (the padded plane, split into its
-/// stride phases, plus the flat output), for [`Conv2d::workspace`](crate::Conv2d::workspace).
+/// stride phases, plus the flat output; none where a kernel reads the planes in place),
+/// for [`Conv2d::workspace`](crate::Conv2d::workspace).
 pub(crate) fn scratch_len(geo: &ConvGeometry, pass: crate::Pass) -> usize {
     let phases = Phases::of(geo);
     let general = phases.len() + phases.flat_len(geo);
     // The 3×3 row kernel's padded copy, in the same buffer.
     let rows3 = Rows3Layer::of(geo).map_or(0, |layer| layer.padded_len());
+    // The stride-2 kernels read the planes in place: no scratch but the weight
+    // gradient's sums.
+    let stride2 = Rows3Layer::of_stride2(geo).is_some() && stride2::available();
     match pass {
+        crate::Pass::Forward if stride2 => 0,
         crate::Pass::Forward => general.max(rows3),
+        crate::Pass::BackwardData if stride2_input_delta(geo).is_some() => 0,
         crate::Pass::BackwardData if unit_stride(geo) => {
             if let Some(layer) = rows3_input_delta(geo) {
                 return layer.padded_len();
@@ -195,7 +201,10 @@ pub(crate) fn scratch_len(geo: &ConvGeometry, pass: crate::Pass) -> usize {
                 + geo.w.input
         }
         crate::Pass::BackwardData => phases::backward_data_scratch_len(geo),
-        crate::Pass::BackwardWeights => general.max(rows3) + FILTER_BLOCK * (geo.taps + 1) * LANES,
+        crate::Pass::BackwardWeights => {
+            let planes = if stride2 { 0 } else { general.max(rows3) };
+            planes + FILTER_BLOCK * (geo.taps + 1) * LANES
+        }
     }
 }
 
