@@ -483,7 +483,7 @@ mod tests {
     /// `epsilon`: the unit roundoff of `T`.
     fn check_gradient<T: Element>(epsilon: f64) {
         const SUM_BLOCK: usize = super::super::rows3::SUM_BLOCK;
-        let mut next = random::<T>(0xD1CE_2);
+        let mut next = random::<T>(0xD1CE2);
         for (h, w, pad) in SHAPES {
             let (geo, layer) = plane(h, w, pad);
             let (p, q) = (geo.h.output, geo.w.output);
@@ -638,7 +638,7 @@ mod tests {
     }
 
     fn check<T: Element>() {
-        let mut next = random::<T>(0x57_2D);
+        let mut next = random::<T>(0x572D);
         for (h, w, pad) in SHAPES {
             let (geo, layer) = plane(h, w, pad);
             let (p, q) = (geo.h.output, geo.w.output);
