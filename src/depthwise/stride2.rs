@@ -63,13 +63,78 @@ const LOW_F64: [i64; 8] = [0, 8, 1, 9, 2, 10, 3, 11];
 #[cfg(target_arch = "x86_64")]
 const HIGH_F64: [i64; 8] = [4, 12, 5, 13, 6, 14, 7, 15];
 
+/// The masks of the three loads of [`windows_f32`] / [`windows_f64`] for the block whose
+/// first input column is `start`: `2·lanes + 1` columns, the third load one lane.
+#[cfg(target_arch = "x86_64")]
+fn window_masks(start: isize, w: usize, lanes: usize) -> [u16; 3] {
+    let lanes_i = lanes as isize;
+    [
+        column_mask(start, w, lanes),
+        column_mask(start + lanes_i, w, lanes),
+        column_mask(start + 2 * lanes_i, w, lanes) & 1,
+    ]
+}
+
+/// The index tables of the windows (even, odd, next) as vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn window_tables<I>(even: &[I], odd: &[I], next: &[I]) -> [std::arch::x86_64::__m512i; 3] {
+    use std::arch::x86_64::_mm512_loadu_si512;
+    assert!(
+        [even, odd, next]
+            .iter()
+            .all(|t| std::mem::size_of_val(*t) == 64)
+    );
+    // SAFETY: AVX-512F is enabled; each table is 64 bytes (asserted), read unaligned.
+    [even, odd, next].map(|t| unsafe { _mm512_loadu_si512(t.as_ptr().cast()) })
+}
+
 /// The kernels of one element type.
 #[cfg(target_arch = "x86_64")]
 macro_rules! stride2_kernel {
-    ($name:ident, $grad:ident, $delta:ident, $t:ty, $v:ty, $lanes:literal, $m:ty,
+    ($name:ident, $grad:ident, $delta:ident, $windows:ident, $t:ty, $v:ty, $lanes:literal, $m:ty,
      tables = ($even:ident, $odd:ident, $next:ident, $low:ident, $high:ident), set1 = $set1:ident, zero = $zero:ident,
      load = $load:ident, store = $store:ident, fma = $fma:ident, permute = $permute:ident,
      add = $add:ident, loadu = $loadu:ident, storeu = $storeu:ident) => {
+        /// The three windows (taps `s` = 0, 1, 2: columns `start + s + 2i`) of input row
+        /// `ih` of the `H × W` plane `x` (`hw` = `[H, W]`), for the block of outputs whose
+        /// first input column is `start`: three masked loads (`masks` from
+        /// [`window_masks`]) split by the `tables` of [`window_tables`]; zeros for a row
+        /// outside the plane.
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512F; `x` holds `H·W` elements.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn $windows(
+            x: &[$t],
+            [h, w]: [usize; 2],
+            ih: isize,
+            start: isize,
+            masks: &[$m; 3],
+            tables: &[std::arch::x86_64::__m512i; 3],
+        ) -> [$v; 3] {
+            use std::arch::x86_64::*;
+            const L: isize = $lanes;
+            let (a, b, c) = if (0..h as isize).contains(&ih) {
+                let row = x.as_ptr().wrapping_add(ih as usize * w);
+                // SAFETY: AVX-512F is enabled. The enabled lanes are columns
+                // `0 <= start + i < w` (the masks) of row `0 <= ih < h`, inside `x` (`h·w`
+                // elements, the caller's contract); disabled lanes are not read.
+                unsafe {
+                    (
+                        $load(masks[0], row.wrapping_offset(start)),
+                        $load(masks[1], row.wrapping_offset(start + L)),
+                        $load(masks[2], row.wrapping_offset(start + 2 * L)),
+                    )
+                }
+            } else {
+                ($zero(), $zero(), $zero())
+            };
+            let w0 = $permute(a, tables[0], b);
+            [w0, $permute(a, tables[1], b), $permute(w0, tables[2], c)]
+        }
+
         /// `out[p][q] = init + Σ_{r,s} weights[3·r + s] · xpad[2p + r][2q + s]` over the
         /// zero-padded `H × W` input plane `x` (`layer`'s sizes are the stride-2 layer's,
         /// [`Rows3Layer::of_stride2`]); `out` is the `P × Q` output plane.
@@ -100,47 +165,20 @@ macro_rules! stride2_kernel {
                 "stride2: plane of the wrong size"
             );
             let taps: [_; 9] = std::array::from_fn(|i| $set1(weights[i]));
-            // SAFETY: AVX-512F is enabled (this function's contract); each table is 64
-            // bytes, read unaligned.
-            let (even, odd, next) = unsafe {
-                (
-                    _mm512_loadu_si512($even.as_ptr().cast()),
-                    _mm512_loadu_si512($odd.as_ptr().cast()),
-                    _mm512_loadu_si512($next.as_ptr().cast()),
-                )
-            };
+            let tables = window_tables(&$even, &$odd, &$next);
             // Output row `oh + b` reads input rows `2·(oh + b) + r − pad_h`: the block's
             // rows `t = 2b + r` below `2·BLOCKS + 1`. Each band of input rows is read
             // once, left to right, column block by column block.
             for oh in (0..p).step_by(BLOCKS) {
                 for col in (0..q).step_by(L) {
                     let start = 2 * col as isize - pad_w as isize;
-                    let masks = [
-                        column_mask(start, w, L) as $m,
-                        column_mask(start + L as isize, w, L) as $m,
-                        (column_mask(start + 2 * L as isize, w, L) & 1) as $m,
-                    ];
+                    let masks = window_masks(start, w, L).map(|m| m as $m);
                     let out_mask = column_mask(col as isize, q, L) as $m;
                     // The three windows of the block's input row `t`.
                     let windows = |t: usize| {
                         let ih = (2 * oh + t) as isize - pad_h as isize;
-                        let (a, b, c) = if (0..h as isize).contains(&ih) {
-                            let row = x.as_ptr().wrapping_add(ih as usize * w);
-                            // SAFETY: AVX-512F is enabled. The enabled lanes are columns
-                            // `0 <= start + i < w` (the masks) of row `0 <= ih < h`, inside
-                            // `x` (`h·w` elements, asserted); disabled lanes are not read.
-                            unsafe {
-                                (
-                                    $load(masks[0], row.wrapping_offset(start)),
-                                    $load(masks[1], row.wrapping_offset(start + L as isize)),
-                                    $load(masks[2], row.wrapping_offset(start + 2 * L as isize)),
-                                )
-                            }
-                        } else {
-                            ($zero(), $zero(), $zero())
-                        };
-                        let w0 = $permute(a, even, b);
-                        [w0, $permute(a, odd, b), $permute(w0, next, c)]
+                        // SAFETY: AVX-512F is enabled; `x` is the `h × w` plane (asserted).
+                        unsafe { $windows(x, [h, w], ih, start, &masks, &tables) }
                     };
                     // Kernel row `r` of output row `acc` meets the windows `ws`.
                     let add_row = |acc: $v, r: usize, ws: [$v; 3]| {
@@ -207,25 +245,14 @@ macro_rules! stride2_kernel {
             // spans elements `16·i .. 16·i + L` of `sums` (160 elements, asserted; L ≤ 16).
             let mut acc: [$v; 10] =
                 std::array::from_fn(|i| unsafe { $loadu(sums.as_ptr().add(i * SUM_BLOCK)) });
-            // SAFETY: as in the forward kernel.
-            let (even, odd, next) = unsafe {
-                (
-                    _mm512_loadu_si512($even.as_ptr().cast()),
-                    _mm512_loadu_si512($odd.as_ptr().cast()),
-                    _mm512_loadu_si512($next.as_ptr().cast()),
-                )
-            };
+            let tables = window_tables(&$even, &$odd, &$next);
             for oh in (0..p).step_by(BLOCKS) {
                 // The block's dy rows: only rows below P take part (the input rows that
                 // meet only rows past the plane's end are not read).
                 let rows = BLOCKS.min(p - oh);
                 for col in (0..q).step_by(L) {
                     let start = 2 * col as isize - pad_w as isize;
-                    let masks = [
-                        column_mask(start, w, L) as $m,
-                        column_mask(start + L as isize, w, L) as $m,
-                        (column_mask(start + 2 * L as isize, w, L) & 1) as $m,
-                    ];
+                    let masks = window_masks(start, w, L).map(|m| m as $m);
                     let dy_mask = column_mask(col as isize, q, L) as $m;
                     let mut d = [$zero(); BLOCKS];
                     for (b, d) in d.iter_mut().enumerate().take(rows) {
@@ -239,22 +266,8 @@ macro_rules! stride2_kernel {
                     // The three windows of the block's input row `t`, as in the forward.
                     let windows = |t: usize| {
                         let ih = (2 * oh + t) as isize - pad_h as isize;
-                        let (a, b, c) = if (0..h as isize).contains(&ih) {
-                            let row = x.as_ptr().wrapping_add(ih as usize * w);
-                            // SAFETY: as in the forward kernel: the enabled lanes are
-                            // columns `0 <= start + i < w` of row `0 <= ih < h`, inside `x`.
-                            unsafe {
-                                (
-                                    $load(masks[0], row.wrapping_offset(start)),
-                                    $load(masks[1], row.wrapping_offset(start + L as isize)),
-                                    $load(masks[2], row.wrapping_offset(start + 2 * L as isize)),
-                                )
-                            }
-                        } else {
-                            ($zero(), $zero(), $zero())
-                        };
-                        let w0 = $permute(a, even, b);
-                        [w0, $permute(a, odd, b), $permute(w0, next, c)]
+                        // SAFETY: AVX-512F is enabled; `x` is the `h × w` plane (asserted).
+                        unsafe { $windows(x, [h, w], ih, start, &masks, &tables) }
                     };
                     // dy row `d` meets the windows `ws` at kernel row `r`: taps `3r + s`.
                     let add_row = |acc: &mut [$v; 10], d: $v, r: usize, ws: [$v; 3]| {
@@ -395,8 +408,9 @@ stride2_kernel!(
     forward_f32_avx512,
     gradient_f32_avx512,
     input_delta_f32_avx512,
+    windows_f32,
     f32,
-    __m512,
+    std::arch::x86_64::__m512,
     16,
     u16,
     tables = (EVEN_F32, ODD_F32, NEXT_F32, LOW_F32, HIGH_F32),
@@ -416,8 +430,9 @@ stride2_kernel!(
     forward_f64_avx512,
     gradient_f64_avx512,
     input_delta_f64_avx512,
+    windows_f64,
     f64,
-    __m512d,
+    std::arch::x86_64::__m512d,
     8,
     u8,
     tables = (EVEN_F64, ODD_F64, NEXT_F64, LOW_F64, HIGH_F64),
