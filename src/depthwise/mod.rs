@@ -28,9 +28,9 @@
 //! planes, the input delta computes each phase of `dx` as a unit-stride correlation of
 //! `dy` with the taps that reach it and interleaves them. The 3×3 stride-2 layer skips the
 //! phase planes on AVX-512 in all three passes ([`stride2`]: rows read in place, even and
-//! odd columns split or interleaved in registers). Channel multipliers (`K = m·C`) are handled: output channel `k` reads
-//! input channel `k / m`. Parallelism is over channel planes; every sum has a fixed order,
-//! so results do not depend on the thread count.
+//! odd columns split or interleaved in registers). Channel multipliers (`K = m·C`) are
+//! handled: output channel `k` reads input channel `k / m`. Parallelism is over channel
+//! planes; every sum has a fixed order, so results do not depend on the thread count.
 
 mod phases;
 mod rows3;

@@ -5,8 +5,9 @@
 //! The general strided path ([`super::phases`]) first copies each input plane into its
 //! four stride phases (a deinterleaving copy that waits on the plane's first reads from
 //! memory: more than half of the forward's time) and then runs the flat correlation, or
-//! the flat dot products of the weight gradient, on them. Here each block of `L` outputs (16 f32, 8 f64) of an output row reads its input
-//! row straight from the plane: the `2·L + 1` columns `start .. start + 2·L` it needs
+//! the flat dot products of the weight gradient, on them. Here each block of `L` outputs
+//! (16 f32, 8 f64) of an output row reads its input row straight from the plane: the
+//! `2·L + 1` columns `start .. start + 2·L` it needs
 //! (`start = 2·col − pad_w`) come from three masked loads `a`, `b`, `c` (zeros for the
 //! columns in the padding; `c` holds one lane), and the three windows, columns
 //! `start + s + 2·i` for taps `s` = 0, 1, 2, are formed in registers: the even lanes of
@@ -18,8 +19,8 @@
 //! The input delta is written row by row of `dx`: each row meets the kernel rows of one
 //! parity, and a block of its columns is the interleave (`vpermt2ps`) of the even
 //! columns' sums (taps 0 and 2) and the odd columns' (tap 1), each from one or two `dy`
-//! rows. The weight gradient meets the forward's windows with four `dy` rows, adding to per-lane
-//! partial sums per tap in the layout of the stride-1 kernel
+//! rows. The weight gradient meets the forward's windows with four `dy` rows, adding to
+//! per-lane partial sums per tap in the layout of the stride-1 kernel
 //! ([`Rows3::rows3_weight_gradient`](super::Rows3::rows3_weight_gradient)).
 //!
 //! Every output of the forward adds its taps in the general path's order (`r`, then `s`,
