@@ -369,6 +369,21 @@ macro_rules! rows3_kernels {
     };
 }
 
+/// Runs a kernel of [`super::stride2`] and returns `true` where the CPU has AVX-512;
+/// `false`, having run nothing, elsewhere.
+macro_rules! run_stride2 {
+    ($kernel:path, $($arg:ident),*) => {{
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::isa() == Isa::Avx512 {
+            // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
+            unsafe { $kernel($($arg),*) };
+            return true;
+        }
+        let _ = ($($arg),*);
+        false
+    }};
+}
+
 /// The AVX-512 and AVX2 kernels of one element type behind [`Rows3`], chosen by
 /// [`isa`](crate::simd::isa).
 macro_rules! impl_rows3 {
@@ -383,14 +398,14 @@ macro_rules! impl_rows3 {
                 dx: &mut [$t],
                 accumulate: bool,
             ) -> bool {
-                #[cfg(target_arch = "x86_64")]
-                if crate::simd::isa() == Isa::Avx512 {
-                    // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
-                    unsafe { super::stride2::$stride2_delta(layer, dy, weights, dx, accumulate) };
-                    return true;
-                }
-                let _ = (layer, dy, weights, dx, accumulate);
-                false
+                run_stride2!(
+                    super::stride2::$stride2_delta,
+                    layer,
+                    dy,
+                    weights,
+                    dx,
+                    accumulate
+                )
             }
 
             fn rows3_stride2_weight_gradient(
@@ -400,14 +415,7 @@ macro_rules! impl_rows3 {
                 sums: &mut [$t],
                 bias: bool,
             ) -> bool {
-                #[cfg(target_arch = "x86_64")]
-                if crate::simd::isa() == Isa::Avx512 {
-                    // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
-                    unsafe { super::stride2::$stride2_grad(layer, x, dy, sums, bias) };
-                    return true;
-                }
-                let _ = (layer, x, dy, sums, bias);
-                false
+                run_stride2!(super::stride2::$stride2_grad, layer, x, dy, sums, bias)
             }
 
             fn rows3_stride2(
@@ -417,14 +425,7 @@ macro_rules! impl_rows3 {
                 init: $t,
                 out: &mut [$t],
             ) -> bool {
-                #[cfg(target_arch = "x86_64")]
-                if crate::simd::isa() == Isa::Avx512 {
-                    // SAFETY: `isa()` returns Avx512 only when the CPU reports avx512f.
-                    unsafe { super::stride2::$stride2(layer, x, weights, init, out) };
-                    return true;
-                }
-                let _ = (layer, x, weights, init, out);
-                false
+                run_stride2!(super::stride2::$stride2, layer, x, weights, init, out)
             }
 
             fn rows3(
