@@ -678,3 +678,108 @@ fn fma_lanes<T: Element, const FMA: bool>(
 ) -> [T; LANES] {
     std::array::from_fn(|j| madd::<T, FMA>(x[j], y[j], acc[j]))
 }
+
+/// Helpers of the 3×3 kernels' unit tests ([`rows3`], [`stride2`]).
+#[cfg(test)]
+mod kernel_tests {
+    use crate::element::Element;
+    use crate::shape::{Conv2dSpec, ConvGeometry};
+
+    /// Uniform noise in [-1, 1) from a linear congruential generator.
+    pub(super) fn random<T: Element>(mut seed: u64) -> impl FnMut() -> T {
+        move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            T::from_f64(((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
+        }
+    }
+
+    /// The geometry of one `h × w` plane, one channel, 3 × 3, padding `pad`, `stride`.
+    pub(super) fn plane_geometry(h: usize, w: usize, pad: usize, stride: usize) -> ConvGeometry {
+        let spec = Conv2dSpec {
+            batch: 1,
+            in_channels: 1,
+            in_h: h,
+            in_w: w,
+            out_channels: 1,
+            kernel: [3, 3],
+            stride: [stride, stride],
+            padding: [pad, pad],
+            ..Default::default()
+        };
+        ConvGeometry::new(&spec).unwrap()
+    }
+
+    /// The sizes of one 3×3 plane: input `[H, W]`, output `[P, Q]`, padding, stride.
+    pub(super) struct Plane {
+        pub(super) input: [usize; 2],
+        pub(super) output: [usize; 2],
+        pub(super) pad: usize,
+        pub(super) stride: usize,
+    }
+
+    /// Checks a weight-gradient kernel's tap sums (`sums`, in blocks of
+    /// [`super::rows3::SUM_BLOCK`], started from `start`) against the definition: tap
+    /// `(r, s)` adds `Σ dy[oh][ow] · x[stride·oh + r − pad][stride·ow + s − pad]`, block 9
+    /// the bias sums `Σ dy` where `bias` (else it is untouched). `lanes` is the number of
+    /// partial sums per tap the kernel keeps, `epsilon` the unit roundoff of `T`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn assert_tap_sums<T: Element>(
+        plane: &Plane,
+        x: &[T],
+        dy: &[T],
+        start: &[T],
+        sums: &[T],
+        bias: bool,
+        lanes: usize,
+        epsilon: f64,
+    ) {
+        const BLOCK: usize = super::rows3::SUM_BLOCK;
+        let Plane {
+            input: [h, w],
+            output: [p, q],
+            pad,
+            stride,
+        } = *plane;
+        // Lanes a kernel does not use keep their start values on both sides.
+        let total = |v: &[T], tap: usize| -> f64 {
+            v[tap * BLOCK..][..BLOCK].iter().map(|e| e.to_f64()).sum()
+        };
+        for tap in 0..10 {
+            if tap == 9 && !bias {
+                assert_eq!(total(sums, 9), total(start, 9), "bias sums untouched");
+                continue;
+            }
+            let (r, s) = (tap / 3, tap % 3);
+            let mut want = total(start, tap);
+            let mut magnitude = want.abs();
+            for oh in 0..p {
+                for ow in 0..q {
+                    let d = dy[oh * q + ow].to_f64();
+                    let (ih, iw) = (
+                        (stride * oh + r) as isize - pad as isize,
+                        (stride * ow + s) as isize - pad as isize,
+                    );
+                    let v = if tap == 9 {
+                        1.0
+                    } else if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                        0.0
+                    } else {
+                        x[ih as usize * w + iw as usize].to_f64()
+                    };
+                    want += d * v;
+                    magnitude += (d * v).abs();
+                }
+            }
+            let got = total(sums, tap);
+            // Each tap's sum: `p·q` products and `lanes` partial sums added, each addition
+            // rounding by at most ε times the magnitude of all terms.
+            let bound = epsilon * (p * q + lanes) as f64 * magnitude;
+            assert!(
+                (got - want).abs() <= bound,
+                "{h}×{w} pad {pad} stride {stride}: tap {tap}: {got} vs {want}"
+            );
+        }
+    }
+}

@@ -964,9 +964,10 @@ impl_rows3!(
 
 #[cfg(test)]
 mod equal_to_general_path {
+    use super::super::kernel_tests::{Plane, assert_tap_sums, plane_geometry, random};
     use super::Rows3Layer;
     use crate::element::Element;
-    use crate::shape::{Conv2dSpec, ConvGeometry};
+    use crate::shape::ConvGeometry;
 
     /// The planes the tests run: paddings 0–2, planes narrower and wider than a vector,
     /// output heights that are not a multiple of the rows in flight.
@@ -982,29 +983,9 @@ mod equal_to_general_path {
         (5, 12, 2),
     ];
 
-    /// Uniform noise in [-1, 1) from a linear congruential generator.
-    fn random<T: Element>(mut seed: u64) -> impl FnMut() -> T {
-        move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            T::from_f64(((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
-        }
-    }
-
     /// One `h × w` plane, 3 × 3, padding `pad`: its geometry and the kernel's sizes.
     fn plane(h: usize, w: usize, pad: usize) -> (ConvGeometry, Rows3Layer) {
-        let spec = Conv2dSpec {
-            batch: 1,
-            in_channels: 1,
-            in_h: h,
-            in_w: w,
-            out_channels: 1,
-            kernel: [3, 3],
-            padding: [pad, pad],
-            ..Default::default()
-        };
-        let geo = ConvGeometry::new(&spec).unwrap();
+        let geo = plane_geometry(h, w, pad, 1);
         let layer = Rows3Layer::of(&geo).unwrap();
         (geo, layer)
     }
@@ -1055,50 +1036,15 @@ mod equal_to_general_path {
                     bits(&results[1]),
                     "{h}×{w} pad {pad}, bias {bias}"
                 );
-                // Against the definition: tap (r, s) sums dy[oh][ow] · x[oh + r − pad][ow + s − pad].
-                // Lanes the kernel does not use keep their start values on both sides.
-                let lanes = super::SUM_BLOCK;
-                let total = |sums: &[T], block: usize| -> f64 {
-                    (0..lanes)
-                        .map(|j| sums[block * super::SUM_BLOCK + j].to_f64())
-                        .sum()
+                // Against the definition.
+                let sizes = Plane {
+                    input: [h, w],
+                    output: [p, q],
+                    pad,
+                    stride: 1,
                 };
-                for tap in 0..10 {
-                    if tap == 9 && !bias {
-                        continue;
-                    }
-                    let (r, s) = (tap / 3, tap % 3);
-                    let mut want = total(&start, tap);
-                    let mut magnitude = want.abs();
-                    for oh in 0..p {
-                        for ow in 0..q {
-                            let d = dy[oh * q + ow].to_f64();
-                            let v = if tap == 9 {
-                                1.0
-                            } else {
-                                let (ih, iw) = (
-                                    (oh + r) as isize - pad as isize,
-                                    (ow + s) as isize - pad as isize,
-                                );
-                                if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
-                                    0.0
-                                } else {
-                                    x[ih as usize * w + iw as usize].to_f64()
-                                }
-                            };
-                            want += d * v;
-                            magnitude += (d * v).abs();
-                        }
-                    }
-                    let got = total(&results[0], tap);
-                    // Each output's sum: `p·q` products and `lanes` partial sums added, each
-                    // addition rounding by at most ε times the magnitude of all terms.
-                    let bound = epsilon * (p * q + lanes) as f64 * magnitude;
-                    assert!(
-                        (got - want).abs() <= bound,
-                        "{h}×{w} pad {pad}: tap {tap}: {got} vs {want}"
-                    );
-                }
+                let lanes = super::SUM_BLOCK;
+                assert_tap_sums(&sizes, &x, &dy, &start, &results[0], bias, lanes, epsilon);
             }
         }
     }

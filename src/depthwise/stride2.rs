@@ -462,20 +462,11 @@ pub(super) fn available() -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::kernel_tests::{Plane, assert_tap_sums, plane_geometry, random};
     use super::super::phases::Phases;
     use super::super::rows3::Rows3Layer;
     use crate::element::Element;
-    use crate::shape::{Conv2dSpec, ConvGeometry};
-
-    /// Uniform noise in [-1, 1) from a linear congruential generator.
-    fn random<T: Element>(mut seed: u64) -> impl FnMut() -> T {
-        move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            T::from_f64(((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0)
-        }
-    }
+    use crate::shape::ConvGeometry;
 
     /// The kernel gives the phase planes' bits (`Phases::place`, then `correlate_flat`),
     /// on random data: paddings 0–3, even and odd plane sizes, planes narrower than a
@@ -511,49 +502,15 @@ mod tests {
                 if !T::rows3_stride2_weight_gradient(&layer, &x, &dy, &mut sums, bias) {
                     return;
                 }
-                // The lanes the kernel adds to: one vector of each 16-element block.
+                // The partial sums per tap: one vector's lanes.
                 let lanes = 64 / std::mem::size_of::<T>();
-                let total = |v: &[T], tap: usize| -> f64 {
-                    v[tap * SUM_BLOCK..][..lanes]
-                        .iter()
-                        .map(|e| e.to_f64())
-                        .sum()
+                let sizes = Plane {
+                    input: [h, w],
+                    output: [p, q],
+                    pad,
+                    stride: 2,
                 };
-                for tap in 0..10 {
-                    if tap == 9 && !bias {
-                        assert_eq!(total(&sums, 9), total(&start, 9), "bias sums untouched");
-                        continue;
-                    }
-                    let (r, s) = (tap / 3, tap % 3);
-                    let mut want = total(&start, tap);
-                    let mut magnitude = want.abs();
-                    for oh in 0..p {
-                        for ow in 0..q {
-                            let d = dy[oh * q + ow].to_f64();
-                            let (ih, iw) = (
-                                (2 * oh + r) as isize - pad as isize,
-                                (2 * ow + s) as isize - pad as isize,
-                            );
-                            let v = if tap == 9 {
-                                1.0
-                            } else if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
-                                0.0
-                            } else {
-                                x[ih as usize * w + iw as usize].to_f64()
-                            };
-                            want += d * v;
-                            magnitude += (d * v).abs();
-                        }
-                    }
-                    let got = total(&sums, tap);
-                    // `p·q` products and `lanes` partial sums added, each addition rounding
-                    // by at most ε times the magnitude of all terms.
-                    let bound = epsilon * (p * q + lanes) as f64 * magnitude;
-                    assert!(
-                        (got - want).abs() <= bound,
-                        "{h}×{w} pad {pad}: tap {tap}: {got} vs {want}"
-                    );
-                }
+                assert_tap_sums(&sizes, &x, &dy, &start, &sums, bias, lanes, epsilon);
             }
         }
     }
@@ -637,18 +594,7 @@ mod tests {
 
     /// One `h × w` plane, 3 × 3, stride 2, padding `pad`: its geometry and the kernels' sizes.
     fn plane(h: usize, w: usize, pad: usize) -> (ConvGeometry, Rows3Layer) {
-        let spec = Conv2dSpec {
-            batch: 1,
-            in_channels: 1,
-            in_h: h,
-            in_w: w,
-            out_channels: 1,
-            kernel: [3, 3],
-            stride: [2, 2],
-            padding: [pad, pad],
-            ..Default::default()
-        };
-        let geo = ConvGeometry::new(&spec).unwrap();
+        let geo = plane_geometry(h, w, pad, 2);
         let layer = Rows3Layer::of_stride2(&geo).unwrap();
         (geo, layer)
     }
