@@ -5,8 +5,11 @@
 //! so other work on a shared machine inflates the numbers less than wall-clock would.
 //!
 //! ```text
-//! cargo run --release --example gemm_bench [reps]
+//! cargo run --release --example gemm_bench [reps] [shape filter]
 //! ```
+//!
+//! The optional filter keeps the shapes whose name contains it (`gemm_bench 50 square`
+//! runs only square 1024: one shape to profile with `perf record`).
 
 use convgemm::{__blocked_testing::gemm_strided, Element};
 
@@ -103,7 +106,7 @@ macro_rules! impl_mm {
 impl_mm!(f32, matrixmultiply::sgemm);
 impl_mm!(f64, matrixmultiply::dgemm);
 
-fn bench<T: Mm>(reps: usize) {
+fn bench<T: Mm>(reps: usize, filter: &str) {
     let shapes: &[(&str, usize, usize, usize, bool)] = &[
         ("square 1024", 1024, 1024, 1024, false),
         ("192x256x512 (L2)", 192, 256, 512, false),
@@ -121,7 +124,7 @@ fn bench<T: Mm>(reps: usize) {
     );
     println!("| shape (MxKxN)    | blocked avx512 | blocked avx2 | matrixmultiply | best/mm |");
     println!("|---|---:|---:|---:|---:|");
-    for &(name, m, k, n, b_transposed) in shapes {
+    for &(name, m, k, n, b_transposed) in shapes.iter().filter(|s| s.0.contains(filter)) {
         let a: Vec<T> = (0..m * k)
             .map(|i| T::from_f64(((i * 7) % 13) as f64 / 13.0 - 0.5))
             .collect();
@@ -197,6 +200,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(9);
     println!("ISA default: {}", convgemm::isa_name());
-    bench::<f32>(reps);
-    bench::<f64>(reps);
+    let filter = std::env::args().nth(2).unwrap_or_default();
+    bench::<f32>(reps, &filter);
+    bench::<f64>(reps, &filter);
 }
