@@ -73,6 +73,9 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
         }
         return;
     }
+    // The stack arrays below hold one k block's row offsets, one A block's and one
+    // panel's: a kernel tuned past them fails to build instead of panicking in a call.
+    const { assert!(K::KC <= MAX_IN_PLACE_DEPTH && K::MC <= MAX_IN_PLACE_ROWS && K::MR <= MAX_MR) };
     let (mr, nr) = (K::MR, K::NR);
     let kc_max = block_len(k, K::KC, 1);
     let mc_max = block_len(m, K::MC, mr);
