@@ -357,7 +357,7 @@ fn deal_rows<T: Element, const NR: usize>(
     // `gemm_bench` square 1024 (16 panels 32 KiB apart) +2% and 64x576x455 (15 panels
     // 24 KiB apart) +4.5% in bands, 64x3136x576 (18 panels 30,976 B apart) −3 to −5%.
     const L1_WAYS: usize = 8;
-    let aliased = w.div_ceil(NR) > L1_WAYS && (kc * NR * size_of::<T>()) % 4096 == 0;
+    let aliased = w.div_ceil(NR) > L1_WAYS && (kc * NR * size_of::<T>()).is_multiple_of(4096);
     if NR * size_of::<T>() >= 128 && !aliased {
         deal_all_rows::<T, NR>(m, k0, cols, kc, dst);
         return;
