@@ -20,6 +20,17 @@
 //!   Deeper KC halves how often each C tile is loaded and stored (once per KC block). With
 //!   a 48 KiB L1d the panel leaves 16 KiB for the A micro-panel (`8 × 256 × 4` = 8 KiB)
 //!   and the C tile's lines; KC 128 and 192 measured the same there (`gemm_bench`).
+//! - `KC_IN_PLACE`: with B's rows read where they lie (the forward's and input delta's
+//!   padded planes) no B micro-panel is packed to stay in L1: each A micro-panel reads
+//!   the rows from L2 anyway, so a product up to 576 deep (`C·R·S` of the 64-channel
+//!   3 × 3 and 1 × 9 layers) runs as one block, each C tile loaded and stored once.
+//!   Zen 4, `benches/ab.sh` against the code before (3 rounds, paired medians, 1 / 2
+//!   threads): audio_1x9 forward 1.11 / 1.09, input delta 1.07 / 1.15; dilated_3x3
+//!   forward 1.02 / 1.05, input delta 1.03 / 1.04; batch1_3x3_14 (2304 deep: `KC`
+//!   blocks) 0.996–1.006. Taking every in-place product in blocks of up to 576 (2304 in
+//!   four) ran batch1_3x3_14's input delta 0.99; 1152 was no better than 576. f64
+//!   dilated_3x3 forward 47.2 → 50.8 GFLOP/s (single runs). The AVX2 kernels keep 256:
+//!   576 ran dilated_3x3 8% slower there.
 //! - `MC`: the packed A block `MC × KC` stays in L2 for all `NC / NR` B micro-panels:
 //!   f32 `192 × 256 × 4` = 192 KiB, a fifth of a 1 MiB L2.
 //! - `NC`: the packed B block `KC × NC` stays in L2 across the `M / MC` A blocks:
@@ -175,6 +186,8 @@ impl Kernel<f32> for Avx512 {
     const NR: usize = 32;
     /// B micro-panel `256 × 32 × 4 B` = 32 KiB (L1); see the module doc.
     const KC: usize = 256;
+    /// B rows read in place: see the module doc.
+    const KC_IN_PLACE: usize = 576;
     /// A block `192 × 256 × 4 B` = 192 KiB (L2).
     const MC: usize = 192;
     /// B block `256 × 512 × 4 B` = 512 KiB (half of L2).
@@ -216,6 +229,8 @@ impl Kernel<f64> for Avx512 {
     const NR: usize = 16;
     /// B micro-panel `256 × 16 × 8 B` = 32 KiB (L1).
     const KC: usize = 256;
+    /// B rows read in place: see the module doc.
+    const KC_IN_PLACE: usize = 576;
     /// A block `96 × 256 × 8 B` = 192 KiB (L2).
     const MC: usize = 96;
     /// B block `256 × 256 × 8 B` = 512 KiB (half of L2).

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The first `k` block applies the caller's `beta`; later ones accumulate (`beta = 1`).
-//! The `k` blocks depend only on `k`, and every tile, full or partial, goes through the
+//! The `k` blocks depend only on `k` and on whether B's rows are read in place
+//! (`Kernel::KC_IN_PLACE`), and every tile, full or partial, goes through the
 //! same kernel (partial ones through a local tile), so each element of C is computed by
 //! the same operations in the same order however the caller splits M and N.
 
@@ -75,9 +76,26 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
     }
     // The stack arrays below hold one k block's row offsets, one A block's and one
     // panel's: a kernel tuned past them fails to build instead of panicking in a call.
-    const { assert!(K::KC <= MAX_IN_PLACE_DEPTH && K::MC <= MAX_IN_PLACE_ROWS && K::MR <= MAX_MR) };
+    const {
+        assert!(
+            K::KC <= MAX_IN_PLACE_DEPTH
+                && K::KC_IN_PLACE <= MAX_IN_PLACE_DEPTH
+                && K::MC <= MAX_IN_PLACE_ROWS
+                && K::MR <= MAX_MR
+        )
+    };
     let (mr, nr) = (K::MR, K::NR);
-    let kc_max = block_len(k, K::KC, 1);
+    let mut offsets = [0usize; MAX_IN_PLACE_DEPTH];
+    // B read in place (asked of its first rows) takes all of `k` in one block when it is
+    // at most the kernel's in-place depth: no B micro-panel is packed to stay in L1 then,
+    // and each C tile is loaded and stored once. Deeper products keep `KC` blocks.
+    let probe = k.min(K::KC);
+    let b_in_place = b.rows_in_place(0..probe, &mut offsets[..probe]).is_some();
+    let kc_max = if b_in_place && k <= K::KC_IN_PLACE {
+        k
+    } else {
+        block_len(k, K::KC, 1)
+    };
     let mc_max = block_len(m, K::MC, mr);
     // NC keeps the packed B block in L2 for its reuse by every A block. With a single A
     // block (m <= MC: the conv layers' filter counts) there is no such reuse: each B
@@ -86,13 +104,14 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
     let nc_cap = if m <= K::MC { 8 * K::NC } else { K::NC };
     let nc_max = block_len(n, nc_cap, nr);
     let a_len = mc_max * kc_max;
-    let b_len = nc_max * kc_max;
-    // A block, B block, the last panel of in-place B rows, and a C tile.
+    // With B in place no B block is packed: a block the operand then refuses is packed
+    // panel by panel (below), so the deeper blocks take no more memory.
+    let b_len = if b_in_place { 0 } else { nc_max * kc_max };
+    // A block, B block, one panel of B (the last panel of in-place rows), and a C tile.
     let mut buf = scratch::take_packing::<T>(a_len + b_len + nr * kc_max + mr * nr);
     let (a_buf, rest) = buf.split_at_mut(a_len);
     let (b_buf, rest) = rest.split_at_mut(b_len);
     let (edge_panel, tile) = rest.split_at_mut(nr * kc_max);
-    let mut offsets = [0usize; MAX_IN_PLACE_DEPTH];
     let mut a_offsets = [0usize; MAX_IN_PLACE_ROWS];
 
     for jc in (0..n).step_by(nc_max) {
@@ -107,13 +126,15 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                 .flatten()
                 .map(|data| (data, offsets[..kc].iter().copied().max().unwrap_or(0)));
             let offsets = &offsets[..kc];
-            let b_pack = &mut b_buf[..nc.div_ceil(nr) * nr * kc];
-            // Else packed: by the operand already (`PackB::packed`), or here.
+            // Else packed: by the operand already (`PackB::packed`), or here (empty: by
+            // panels, below).
             let b_packed: &[T] = match in_place {
                 Some(_) => &[],
                 None => match b.packed(nr, pc..pc + kc, jc..jc + nc) {
                     Some(block) => block,
+                    None if b_in_place => &[],
                     None => {
+                        let b_pack = &mut b_buf[..nc.div_ceil(nr) * nr * kc];
                         b.pack_b(nr, pc..pc + kc, jc..jc + nc, b_pack);
                         b_pack
                     }
@@ -172,9 +193,11 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
                         (end <= data.len()).then(|| data[at..].as_ptr())
                     });
                     let b_panel: &[T] = match (&in_place, rows) {
-                        (None, _) => &b_packed[jr * kc..][..nr * kc],
+                        (None, _) if !b_packed.is_empty() => &b_packed[jr * kc..][..nr * kc],
                         (Some(_), Some(_)) => &[],
-                        (Some(_), None) => {
+                        // Panels of B in place that cannot be read there, or every panel
+                        // of a block refused in place: packed one at a time.
+                        _ => {
                             let panel = &mut edge_panel[..nr * kc];
                             b.pack_b(nr, pc..pc + kc, jc + jr..jc + jr + w, panel);
                             panel
@@ -292,8 +315,8 @@ pub(super) unsafe fn gemm<T: Element, K: Kernel<T>, A: PackA<T>, B: PackB<T>>(
 }
 
 /// Deepest `k` block whose B rows the driver reads in place (its row offsets live on the
-/// stack); every kernel's `KC` is at most this.
-const MAX_IN_PLACE_DEPTH: usize = 256;
+/// stack, 4.5 KiB); every kernel's `KC` and `KC_IN_PLACE` is at most this.
+const MAX_IN_PLACE_DEPTH: usize = 576;
 
 /// Most rows of an A block whose rows the driver reads in place (their offsets live on
 /// the stack); every kernel's `MC` is at most this.

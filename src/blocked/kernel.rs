@@ -19,6 +19,15 @@ pub trait Kernel<T> {
     /// Depth of one packed block: the `k` range a packed A panel (`MR × KC`) and B panel
     /// (`KC × NR`) cover. The driver splits `k` into equal blocks of at most `KC`.
     const KC: usize;
+    /// Deepest `k` the driver takes in one block when B's rows are read in place
+    /// ([`PackB::rows_in_place`]): no B micro-panel is packed to fit in L1 then, so a
+    /// product this shallow runs as one block, loading and storing each C tile once;
+    /// deeper ones keep `KC` blocks. `KC` unless the kernel says otherwise. The sums then
+    /// run in other blocks than with B packed, so the bits may differ from the same
+    /// product on a packed B; for one kind of operand they still depend only on the shape.
+    ///
+    /// [`PackB::rows_in_place`]: super::pack::PackB::rows_in_place
+    const KC_IN_PLACE: usize = Self::KC;
     /// Rows of C per packed A block (`MC × KC`); a multiple of `MR`.
     const MC: usize;
     /// Columns of C per packed B block (`KC × NC`); a multiple of `NR`.

@@ -470,6 +470,9 @@ struct ScatteredB<'a> {
     offsets: Vec<usize>,
     n: usize,
     visible: usize,
+    /// Blocks starting at or past this row are refused in place (the driver asks the
+    /// first rows before it picks the block depth).
+    refuse_from: usize,
 }
 
 impl PackB<f64> for ScatteredB<'_> {
@@ -489,6 +492,9 @@ impl PackB<f64> for ScatteredB<'_> {
         .pack_b(nr, depth, cols, dst)
     }
     fn rows_in_place(&self, depth: Range<usize>, offsets: &mut [usize]) -> Option<&[f64]> {
+        if depth.start >= self.refuse_from {
+            return None;
+        }
         offsets.copy_from_slice(&self.offsets[depth]);
         Some(&self.data[..self.visible])
     }
@@ -496,12 +502,22 @@ impl PackB<f64> for ScatteredB<'_> {
 
 /// On every path, a GEMM reading B's rows in place (`Kernel::kernel_rows`, packing only
 /// the partial panels) gives the bits of the same GEMM on B stored densely, for `beta`
-/// 0 and 1, over shapes with partial tiles and two `k` blocks; rows that would reach
-/// past the data are refused and packed instead.
+/// 0 and 1, over shapes with partial tiles; rows that would reach past the data are
+/// refused and packed instead, and so are whole blocks after the first when the operand
+/// refuses them. In place, a kernel may take all of `k` in one block (`KC_IN_PLACE`:
+/// `k = 500` here on AVX-512, against 2 × 250 packed; `k = 700` is three `KC` blocks
+/// either way), so the values are small integers: every partial sum is exact
+/// (|sum| ≤ 700 · 5 · 2), and the bits cannot depend on the blocks, only on which
+/// elements were read.
 #[test]
 fn in_place_rows_match_packed_rows() {
-    let (m, k, n) = (19, 300, 70);
-    let f = |i: usize, j: usize| ((i * 7 + j * 3) % 11) as f64 * 0.37 - 1.9;
+    for k in [500, 700] {
+        in_place_case(19, k, 70);
+    }
+}
+
+fn in_place_case(m: usize, k: usize, n: usize) {
+    let f = |i: usize, j: usize| ((i * 7 + j * 3) % 11) as f64 - 5.0;
     let dense: Vec<f64> = (0..k * n).map(|x| f(x / n, x % n)).collect();
     // Row i at a scattered place: rows in reverse order, gaps of i % 5.
     let stride = n + 5;
@@ -510,7 +526,7 @@ fn in_place_rows_match_packed_rows() {
     for (i, &o) in offsets.iter().enumerate() {
         data[o..o + n].copy_from_slice(&dense[i * n..][..n]);
     }
-    let a: Vec<f64> = (0..m * k).map(|x| (x % 5) as f64 * 0.5 - 1.1).collect();
+    let a: Vec<f64> = (0..m * k).map(|x| (x % 5) as f64 - 2.0).collect();
     let c0: Vec<f64> = (0..m * n).map(|x| (x % 3) as f64 - 1.0).collect();
     for &isa in &PATHS {
         for beta in [0.0, 1.0] {
@@ -523,12 +539,14 @@ fn in_place_rows_match_packed_rows() {
                 beta,
                 MatMut::row_major(&mut want, m, n, n),
             );
-            for visible in [data.len(), offsets[0] + n - 1] {
+            let cases = [(data.len(), k), (offsets[0] + n - 1, k), (data.len(), 1)];
+            for (visible, refuse_from) in cases {
                 let b = ScatteredB {
                     data: &data,
                     offsets: offsets.clone(),
                     n,
                     visible,
+                    refuse_from,
                 };
                 let mut got = c0.clone();
                 gemm_packed_on(
@@ -539,7 +557,10 @@ fn in_place_rows_match_packed_rows() {
                     beta,
                     MatMut::row_major(&mut got, m, n, n),
                 );
-                assert_eq!(got, want, "{isa:?} beta {beta} visible {visible}");
+                assert_eq!(
+                    got, want,
+                    "{isa:?} k {k} beta {beta} visible {visible} refused from {refuse_from}"
+                );
             }
         }
     }
