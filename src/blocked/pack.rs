@@ -350,12 +350,13 @@ fn deal_rows<T: Element, const NR: usize>(
     let w = cols.len();
     let kc = dst.len() / w.div_ceil(NR) / NR;
     let (full, rem) = (w / NR, w % NR);
-    // Panels of whole cache-line pairs (f32 `NR = 32`, the AVX-512 path) in one sweep
-    // over the rows, each piece two full lines, unless their write streams land on one L1
-    // set: more panels than its 8 ways, `kc · NR` elements apart, a multiple of 4 KiB.
-    // Zen 4, paired: the pointwise forward (resnet_1x1_14, 7 panels) ran 0.976 in bands;
-    // `gemm_bench` square 1024 (16 panels 32 KiB apart) +2% and 64x576x455 (15 panels
-    // 24 KiB apart) +4.5% in bands, 64x3136x576 (18 panels 30,976 B apart) −3 to −5%.
+    // Panels of whole cache-line pairs (the AVX-512 path: f32 `NR = 32`, f64 16) in one
+    // sweep over the rows, each piece two full lines, unless their write streams land on
+    // one L1 set: more panels than its 8 ways, `kc · NR` elements apart, a multiple of
+    // 4 KiB. Zen 4, f32: the pointwise forward (resnet_1x1_14, 7 panels) ran 0.976 in
+    // bands (paired); `gemm_bench` in bands: square 1024 (16 panels 32 KiB apart) +2%,
+    // 64x576x455 (15 panels 24 KiB apart) +4.5%, 64x3136x576 (18 panels 30,976 B apart)
+    // −3 to −5%. f64 (which took bands before) the same within the spread.
     const L1_WAYS: usize = 8;
     let aliased = w.div_ceil(NR) > L1_WAYS && (kc * NR * size_of::<T>()).is_multiple_of(4096);
     if NR * size_of::<T>() >= 128 && !aliased {
