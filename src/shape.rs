@@ -8,6 +8,8 @@
 //! it, every index the passes compute is known to be in range, so the kernels can use
 //! plain `usize` arithmetic.
 
+use std::ops::Range;
+
 use crate::error::ConvError;
 use crate::tiling::{MIN_TILE_PIXELS, PARTIALS_BOUND_FACTOR};
 
@@ -142,6 +144,28 @@ impl Axis {
             0
         };
         (lo.min(hi), hi)
+    }
+
+    /// The kernel taps `lo..hi` whose input index `o·stride + tap·dilation − padding`
+    /// falls inside `0..input` for output position `o < output`: a run, since the index
+    /// grows with the tap. The taps outside it read padding (possibly all of them).
+    #[inline]
+    pub(crate) fn valid_taps(&self, o: usize) -> Range<usize> {
+        // o·stride ≤ padded_input − 1 and padding ≤ padded_input: no overflow.
+        let start = o * self.stride;
+        let lo = if self.padding > start {
+            (self.padding - start).div_ceil(self.dilation)
+        } else {
+            0
+        };
+        // tap·dilation < input + padding − start.
+        let limit = self.input + self.padding;
+        let hi = if limit > start {
+            (limit - start).div_ceil(self.dilation).min(self.kernel)
+        } else {
+            0
+        };
+        lo.min(hi)..hi
     }
 
     /// Input index of output position `o` at kernel tap `offset`; only meaningful for `o`
@@ -381,5 +405,54 @@ impl ConvGeometry {
         [self.batch, self.out_channels, self.col_rows, self.out_plane]
             .iter()
             .fold(2u64, |acc, &v| acc.saturating_mul(v as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Axis;
+
+    /// `valid_taps` and `valid_outputs` against the input index itself, over every small
+    /// axis (the taps that read padding are exactly those outside the range).
+    #[test]
+    fn valid_taps_and_outputs_match_the_input_index() {
+        for input in 1..9 {
+            for kernel in 1..5 {
+                for stride in 1..4 {
+                    for padding in 0..4 {
+                        for dilation in 1..4 {
+                            let Ok(axis) = Axis::new("h", input, kernel, stride, padding, dilation)
+                            else {
+                                continue;
+                            };
+                            let inside = |o: usize, t: usize| {
+                                let i = (o * stride + t * dilation) as isize - padding as isize;
+                                (0..input as isize).contains(&i)
+                            };
+                            for o in 0..axis.output {
+                                let taps = axis.valid_taps(o);
+                                for t in 0..kernel {
+                                    assert_eq!(
+                                        taps.contains(&t),
+                                        inside(o, t),
+                                        "{axis:?} o {o} t {t}"
+                                    );
+                                }
+                            }
+                            for t in 0..kernel {
+                                let (lo, hi) = axis.valid_outputs(t);
+                                for o in 0..axis.output {
+                                    assert_eq!(
+                                        (lo..hi).contains(&o),
+                                        inside(o, t),
+                                        "{axis:?} o {o} t {t}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

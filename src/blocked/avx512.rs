@@ -149,6 +149,7 @@ macro_rules! pixel_methods {
             channel_len: usize,
             taps: *const usize,
             tap_count: usize,
+            channel_taps: usize,
             x: *const $t,
             pixel_step: usize,
             b: *const $t,
@@ -158,7 +159,7 @@ macro_rules! pixel_methods {
         ) {
             // The kernel compiled for this step (offsets constant inside it).
             let kernel = if pixel_step == 2 {
-                $f::<2> as unsafe fn(_, _, _, _, _, _, _, _, _)
+                $f::<2> as unsafe fn(_, _, _, _, _, _, _, _, _, _)
             } else {
                 $f::<1>
             };
@@ -170,6 +171,7 @@ macro_rules! pixel_methods {
                     channel_len,
                     taps,
                     tap_count,
+                    channel_taps,
                     x,
                     b,
                     tile,

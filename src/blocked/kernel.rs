@@ -177,10 +177,13 @@ pub trait Kernel<T> {
     /// padded planes and broadcast, and the filters come as a packed panel, so every
     /// vector load is a contiguous row of weights:
     ///
-    /// `tile[i][j] = Σ_c Σ_t x[c·channel_len + taps[t] + i·pixel_step] · b[(c·tap_count + t)·NR + j]`,
-    /// summed in ascending `(c, t)` by FMA from 0. `pixel_step` is 1 (consecutive pixels'
-    /// inputs adjacent: stride 1, or planes split into column phases) or 2 (stride 2 on
-    /// planes in column order); the kernel is compiled for each, the offsets constant.
+    /// `tile[i][j] = Σ_c Σ_t x[c·channel_len + taps[t] + i·pixel_step] · b[(c·channel_taps + t)·NR + j]`,
+    /// `t < tap_count`, summed in ascending `(c, t)` by FMA from 0. `pixel_step` is 1
+    /// (consecutive pixels' inputs adjacent: stride 1, or planes split into column
+    /// phases) or 2 (stride 2 on planes in column order); the kernel is compiled for each,
+    /// the offsets constant. `channel_taps ≥ tap_count` is the panel's taps per channel:
+    /// a caller that skips the taps of a tile that fall in padding rows (zeros) passes the
+    /// run of taps it keeps, `b` advanced to the first, and the panel's full count here.
     ///
     /// Before the loop it prefetches, for writing, the `NR` runs of `PIXEL_MR` elements at
     /// `y + j·y_stride` (where the caller will store the tile; never dereferenced here).
@@ -189,8 +192,9 @@ pub trait Kernel<T> {
     /// - `pixel_step` is 1 or 2, and `x + c·channel_len + taps[t] + i·pixel_step` readable
     ///   for `c < channels`, `t < tap_count`, `i < PIXEL_MR`; `taps` readable for
     ///   `tap_count` elements;
-    /// - `b` readable for `channels·tap_count·NR` elements, `tile` writable for
-    ///   `PIXEL_MR·NR`, not overlapping;
+    /// - `tap_count ≤ channel_taps`; `b + (c·channel_taps + t)·NR + j` readable for
+    ///   `c < channels`, `t < tap_count`, `j < NR`; `tile` writable for `PIXEL_MR·NR`,
+    ///   not overlapping;
     /// - the CPU has the kernel's features; only called when `PIXEL_MR > 0`.
     #[allow(clippy::too_many_arguments)]
     unsafe fn kernel_pixels(
@@ -198,6 +202,7 @@ pub trait Kernel<T> {
         channel_len: usize,
         taps: *const usize,
         tap_count: usize,
+        channel_taps: usize,
         x: *const T,
         pixel_step: usize,
         b: *const T,
@@ -210,6 +215,7 @@ pub trait Kernel<T> {
             channel_len,
             taps,
             tap_count,
+            channel_taps,
             x,
             pixel_step,
             b,
@@ -744,6 +750,7 @@ macro_rules! pixel_kernel {
             channel_len: usize,
             taps: *const usize,
             tap_count: usize,
+            channel_taps: usize,
             x: *const $t,
             b: *const $t,
             tile: *mut $t,
@@ -761,6 +768,8 @@ macro_rules! pixel_kernel {
                 _mm_prefetch::<_MM_HINT_ET0>(run.wrapping_add(MR * size_of::<$t>() - 1));
             }
             let mut acc = [[$zero(); $nv]; MR];
+            // The panel rows of the taps skipped after this channel's (before the next's).
+            let skipped = (channel_taps - tap_count) * NR;
             let (mut b, mut channel) = (b, x);
             for _ in 0..channels {
                 for t in 0..tap_count {
@@ -769,7 +778,8 @@ macro_rules! pixel_kernel {
                     let a = unsafe { channel.add(*taps.add(t)) };
                     let mut bv = [$zero(); $nv];
                     for (v, bv) in bv.iter_mut().enumerate() {
-                        // SAFETY: step (c, t) of the panel holds NR elements.
+                        // SAFETY: step (c, t) of the panel holds NR elements (at
+                        // `(c·channel_taps + t)·NR`, the caller's contract).
                         *bv = unsafe { $load(b.add(v * L)) };
                     }
                     for (i, acc_row) in acc.iter_mut().enumerate() {
@@ -781,6 +791,7 @@ macro_rules! pixel_kernel {
                     }
                     b = b.wrapping_add(NR);
                 }
+                b = b.wrapping_add(skipped);
                 channel = channel.wrapping_add(channel_len);
             }
             for (i, acc_row) in acc.iter().enumerate() {

@@ -288,16 +288,25 @@ impl<T: Element> Panel<'_, T> {
             "pixel tiles: planes too short"
         );
         let mut chunk = [T::ZERO; CHUNK_LEN];
+        let row_taps = geo.w.kernel;
         for p in rows {
+            // The filter rows whose inputs lie in the image for this output row: the
+            // others read only padding (zeros), so their taps are skipped, as in the
+            // reference. Each output is still the same sum in the same order (the terms
+            // skipped are all zero products), whichever tile or thread computes it.
+            let filter_rows = geo.h.valid_taps(p);
+            let (tap0, tap_count) = (filter_rows.start * row_taps, filter_rows.len() * row_taps);
             for first in (0..q).step_by(CHUNK_PIXELS) {
                 let end = (first + CHUNK_PIXELS).min(q);
                 for q0 in (first..end).step_by(TILE_PIXELS) {
                     let at = (q0 - first) * nr;
                     // SAFETY: the kernel reads `x + c·channel_len + taps[t] + i·pixel_step`
-                    // (pixel_step 1 or 2, checked above) for c < channels, t < taps, i <
-                    // 14: at most `farthest` (checked above) past `planes`, since p < P
-                    // and q0 + i < Q (Q is a multiple of 14). The panel holds `C·R·S·NR`
-                    // elements; the tile's `14·NR` elements from `chunk + at` are in the
+                    // (pixel_step 1 or 2, checked above) for c < channels, tap0 ≤ t <
+                    // tap0 + tap_count ≤ R·S, i < 14: at most `farthest` (checked above)
+                    // past `planes`, since p < P and q0 + i < Q (Q is a multiple of 14).
+                    // The panel holds `C·R·S·NR` elements, of which it reads
+                    // `(c·R·S + t)·NR + j` for those c, t and j < NR (`channel_taps` R·S);
+                    // the tile's `14·NR` elements from `chunk + at` are in the
                     // chunk (q0 + 14 ≤ first + CHUNK_PIXELS, NR ≤ 32). `y + p·Q + q0 +
                     // j·plane` is only prefetched. The kernel exists and the CPU has
                     // AVX-512F: `layout` took this path only when `isa()` is AVX-512 and
@@ -306,11 +315,12 @@ impl<T: Element> Panel<'_, T> {
                         <T::Avx512 as Kernel<T>>::kernel_pixels(
                             channels,
                             channel_len,
-                            self.taps.as_ptr(),
+                            self.taps.as_ptr().add(tap0),
+                            tap_count,
                             geo.taps,
                             self.planes.as_ptr().add(p * row_step + q0 * pixel_step),
                             pixel_step,
-                            self.panel.as_ptr(),
+                            self.panel.as_ptr().add(tap0 * nr),
                             chunk.as_mut_ptr().add(at),
                             y.as_ptr().wrapping_add(p * q + q0),
                             plane,
