@@ -391,6 +391,20 @@ mod tests {
         assert_eq!(layout(&s3).map(|l| l.column_step(&s3)), Some(1));
         let s1 = geometry(8, 64, 56, 64, 1);
         assert_eq!(layout(&s1).map(|l| l.column_step(&s1)), Some(1));
+        // Padding rows deeper than the filter (the battery's `pixel_tiles_rows_of_padding`).
+        let deep = ConvGeometry::new(&Conv2dSpec {
+            batch: 2,
+            in_channels: 4,
+            in_h: 2,
+            in_w: 14,
+            out_channels: 32,
+            kernel: [3, 3],
+            padding: [3, 1],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(layout(&deep).is_some());
+        assert!(deep.h.valid_taps(0).is_empty() && deep.h.valid_taps(5).is_empty());
         // 16 output pixels per row, or 48 filters: not tiled.
         assert!(layout(&geometry(2, 8, 16, 32, 1)).is_none());
         assert!(layout(&geometry(2, 8, 14, 48, 1)).is_none());

@@ -357,6 +357,13 @@ pub fn battery() -> Vec<Case> {
             name: "pixel_tiles_single_image_1x9",
             spec: spec(1, 13, [4, 28], 32, [1, 9], one, [0, 4], one, 1),
         },
+        // Padding deeper than the filter reaches: the first and last output rows read
+        // nothing but padding (no filter row is kept for them), the others one or two of
+        // the three filter rows.
+        Case {
+            name: "pixel_tiles_rows_of_padding",
+            spec: spec(2, 4, [2, 14], 32, [3, 3], one, [3, 1], one, 1),
+        },
         // A stem-like 7 × 7 stride-2 filter over 3 channels.
         Case {
             name: "pixel_tiles_7x7_stride2",
