@@ -122,11 +122,23 @@ fn padded_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
 /// 1.08, resnet_3x3_28 0.96–0.99, audio_1x9 0.93–1.16 (best medians higher in every
 /// layer), the ResNet stem 1.44 against `small_filter`. On the second Intel host the
 /// pixel-column form measured 0.93 (resnet_3x3_28) and 0.91 (resnet_3x3_s2) of this one.
+///
+/// At stride 1 the rows share their padding ([`PaddedLayout::with_shared_row_padding`]):
+/// `pad_w` junk positions per output row instead of `2·pad_w`, each a product with a
+/// zero of `dy` in every tap row. Zen 4, `benches/ab.sh`, 4 rounds, 1 / 2 threads:
+/// resnet_3x3_28 (29 positions per 28 pixels instead of 30) 1.033 / 1.032, dilated_3x3
+/// 1.028 / 1.027, resnet_3x3_56 1.009, audio_1x9 1.007; resnet_3x3_s2 (stride 2, a
+/// control) 0.998.
 fn wide_layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
     if !use_blocked() || geo.is_pointwise() {
         return None;
     }
-    PaddedLayout::with_row_phases(geo)
+    let layout = if geo.h.stride == 1 && geo.w.stride == 1 {
+        PaddedLayout::with_shared_row_padding(geo)
+    } else {
+        PaddedLayout::with_row_phases(geo)
+    };
+    layout
         .filter(|layout| layout.row_len.saturating_mul(4) <= geo.w.output.saturating_mul(5))
         .filter(|_| geo.w.output >= 16)
 }
