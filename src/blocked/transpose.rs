@@ -166,6 +166,45 @@ macro_rules! impl_transpose {
 impl_transpose!(f32, 8, transpose_f32_avx);
 impl_transpose!(f64, 4, transpose_f64_avx);
 
+/// Bytes ahead of the block being read that [`prefetch_ahead`] fetches in each column.
+const PREFETCH_BYTES: usize = 1024;
+
+/// Blocks down each column from which a call prefetches ([`prefetch_ahead`]): shorter
+/// columns are no streams, and a fetch a kilobyte past their end reads lines the call
+/// never uses. (LeNet's second layer, whose weight gradient transposes runs of 8 pixels,
+/// measured the same either way: 0.979–0.989 against 0.986 for two copies of one build.)
+const STREAM_BLOCKS: usize = 8;
+
+/// Fetches the line [`PREFETCH_BYTES`] past element `i0` of columns `j0 .. j0 + lanes`,
+/// on every `every`-th block of a column (one line covers that many blocks). Long
+/// columns are read a block at a time across `lanes` streams, more than the hardware
+/// prefetcher follows from memory: the weight gradient's `dy` rows (packed by
+/// `WideDyT`), 3.2 MB per image on the ResNet stem, stalled the loads here. Past a
+/// column's end the fetch is wasted, never a fault (only an address is formed).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_ahead<T, C: ColumnStarts>(
+    src: *const T,
+    at: C,
+    j0: usize,
+    lanes: usize,
+    i0: usize,
+    every: usize,
+) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    if !(i0 / lanes).is_multiple_of(every) {
+        return;
+    }
+    for j in 0..lanes {
+        let ahead = src
+            .wrapping_add(at.start(j0 + j) + i0)
+            .cast::<i8>()
+            .wrapping_add(PREFETCH_BYTES);
+        // SAFETY: SSE is part of x86-64; a prefetch only hints at an address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead) };
+    }
+}
+
 /// 8 × 8 f32 blocks over `rows × cols` (multiples of 8).
 ///
 /// # Safety
@@ -182,8 +221,12 @@ unsafe fn transpose_f32_avx<C: ColumnStarts>(
     ds: usize,
 ) {
     use std::arch::x86_64::*;
+    let streams = rows >= STREAM_BLOCKS * 8;
     for j0 in (0..cols).step_by(8) {
         for i0 in (0..rows).step_by(8) {
+            if streams {
+                prefetch_ahead(src, at, j0, 8, i0, 2);
+            }
             // SAFETY: column j0 + j, elements i0 .. i0 + 8, inside the caller's bounds.
             let r: [__m256; 8] =
                 std::array::from_fn(|j| unsafe { _mm256_loadu_ps(src.add(at.start(j0 + j) + i0)) });
@@ -238,8 +281,12 @@ unsafe fn transpose_f64_avx<C: ColumnStarts>(
     ds: usize,
 ) {
     use std::arch::x86_64::*;
+    let streams = rows >= STREAM_BLOCKS * 4;
     for j0 in (0..cols).step_by(4) {
         for i0 in (0..rows).step_by(4) {
+            if streams {
+                prefetch_ahead(src, at, j0, 4, i0, 2);
+            }
             // SAFETY: column j0 + j, elements i0 .. i0 + 4, inside the caller's bounds.
             let r: [__m256d; 4] =
                 std::array::from_fn(|j| unsafe { _mm256_loadu_pd(src.add(at.start(j0 + j) + i0)) });
