@@ -17,7 +17,7 @@
 
 use crate::parallel::*;
 
-use super::{Write, forward, pixel_tiles};
+use super::{Write, forward};
 use crate::activation::Activation;
 use crate::blocked::{
     PrepackedA, PrepackedB, StridedA, StridedB, gemm_packed, prepacked_b_len, prepacked_len,
@@ -65,10 +65,6 @@ fn tile_and_buffer(geo: &ConvGeometry, elem_size: usize) -> (usize, usize) {
 pub(crate) fn scratch_lens<T: Element>(geo: &ConvGeometry) -> (usize, usize) {
     if let Some(t) = transposed(geo) {
         let (task, call) = forward::scratch_lens::<T>(&t);
-        if single_image_pixels(geo, &t).is_some() {
-            // Panels packed from the filters themselves, by the forward's tasks.
-            return (task, call);
-        }
         // The flipped filters, then the transposed forward's packed copy of them.
         return (task, geo.w_len + call);
     }
@@ -140,14 +136,6 @@ pub(crate) fn backward_data<T: Element>(
     let x_image = geo.in_channels * geo.in_plane;
     let y_image = geo.out_channels * geo.out_plane;
     if let Some(t) = transposed(geo) {
-        if let Some(layout) = single_image_pixels(geo, &t) {
-            if write == Write::Overwrite {
-                return pixel_tiles::input_delta_single_image(&t, &layout, dy, w, dx);
-            }
-            let mut delta = take_from::<T>(Slot::Delta, x_image);
-            pixel_tiles::input_delta_single_image(&t, &layout, dy, w, &mut delta);
-            return add_assign(dx, &delta);
-        }
         // Held by the calling thread while the forward's tasks hold their column buffers.
         let mut w_t = take_from::<T>(Slot::Partials, geo.w_len);
         flip_weights(geo, w, &mut w_t);
@@ -416,12 +404,9 @@ fn tile_product<T: Element>(
 ///   207 → 211, 16 channels on 28×28 69 → 77, 64 on 14×14 (N = 32) 88 → 97, 256 on
 ///   7×7 74 → 76; 32 channels to 64 filters on 14×14 was 5% slower, hence the last
 ///   condition;
-/// - or runs by pixel tiles ([`forward::takes_pixel_tiles`]): `benches/ab.sh`, 3 rounds,
-///   1 / 2 threads: resnet_3x3_28 1.09 / 1.06, resnet_3x3_56 1.05 / 1.06, resnet_3x3_s2's
-///   transposed layer (stride 1 on 28 × 28) 1.05 / 1.04. A single image packs its panels
-///   from the filters unflipped ([`single_image_pixels`]): batch1_3x3_14 against the
-///   GEMM route, Zen 4, 5 / 6 rounds: 1.027 (best 105.6 → 110.3 GFLOP/s) at 1 thread,
-///   0.996 (range 0.77–1.13, best 209.9 → 207.2) at 2.
+/// - or runs by pixel tiles ([`forward::takes_pixel_tiles`], batched): `benches/ab.sh`,
+///   3 rounds, 1 / 2 threads: resnet_3x3_28 1.09 / 1.06, resnet_3x3_56 1.05 / 1.06,
+///   resnet_3x3_s2's transposed layer (stride 1 on 28 × 28) 1.05 / 1.04.
 fn transposed(geo: &ConvGeometry) -> Option<ConvGeometry> {
     let padding = |a: &Axis| {
         (a.kernel - 1)
@@ -450,21 +435,18 @@ fn transposed(geo: &ConvGeometry) -> Option<ConvGeometry> {
     let packed = same_plane
         && geo.channels_per_group >= geo.filters_per_group
         && forward::takes_padded_path(&t);
-    // A single image by pixel tiles packs its panels from `w` itself
-    // ([`single_image_pixels`]).
-    let pixels = forward::takes_pixel_tiles(&t);
+    // Pixel tiles only for a batch: a single image's transposed forward (flipping and
+    // packing 2.4 MB of filters for batch1_3x3_14) ran 0.93–0.97 of the GEMM below on
+    // the Intel host B, 0.69 on the Zen 4 host (`benches/ab.sh`, 5 rounds, 1 and 2
+    // threads, with the single-image padding in parallel). Not profiled; the likely cost
+    // is the flip, which copies 9-element runs at a 9 KB stride out of L2. Without the
+    // flip (each task packing its panel from `w` with the taps in the filters' order and
+    // the tap table reversed) it ran 1.027 at 1 thread and 0.978–0.996 at 2 (Zen 4,
+    // 5–6 rounds; the panels' 32 × 9 block transposes 6 % of the call, the padded `dy`
+    // read across both cores): not kept.
+    let pixels = geo.batch > 1 && forward::takes_pixel_tiles(&t);
     let fast = pixels || forward::takes_wide_path(&t) || packed;
     (t.h.output == geo.h.input && t.w.output == geo.w.input && fast).then_some(t)
-}
-
-/// The padded layout of a single image's transposed forward `t` by pixel tiles, which
-/// reads the filters where they lie ([`pixel_tiles::input_delta_single_image`]): no
-/// flipped copy. (Flipping batch1_3x3_14's 2.4 MB of filters first, then running the
-/// forward's single-image route on the copy, ran 0.93–0.97 of the GEMM route on the
-/// Intel host B and 0.69 on the Zen 4 host: the flip copies 9-element runs at a 9 KB
-/// stride.)
-fn single_image_pixels(geo: &ConvGeometry, t: &ConvGeometry) -> Option<PaddedLayout> {
-    (geo.batch == 1).then(|| pixel_tiles::layout(t)).flatten()
 }
 
 /// `w_t[g·cg + c][k][r][s] = w[g·kg + k][c][R−1−r][S−1−s]`: the filters of the transposed

@@ -136,7 +136,6 @@ pub(crate) fn forward<T: Element>(
                             layout,
                             planes,
                             taps: &taps,
-                            flipped: false,
                             panel,
                             bias,
                             act,
@@ -163,89 +162,7 @@ pub(crate) fn forward_single_image<T: Element>(
 ) {
     let nr = <T::Avx512 as Kernel<T>>::NR;
     let panel_len = geo.col_rows * nr;
-    let filters = Filters {
-        taps: tap_offsets(geo, layout),
-        flipped: false,
-        pack: |p: usize, panel: &mut [T]| {
-            pack_panel(geo.col_rows, nr, &w[p * panel_len..][..panel_len], panel)
-        },
-    };
-    single_image(geo, layout, x, &filters, bias, act, y);
-}
-
-/// The input delta of a single image, `dx = dy ⊛ flip(w)ᵀ`, as the forward `t` (the
-/// transposed layer of [`backward_data`](super::backward_data), `t.out_channels` = the
-/// layer's `C`, `t.in_channels` its `K`) by pixel tiles, each panel packed straight from
-/// the layer's own filters `w` (`K × C × R × S`): panel row `(k, tap)` holds
-/// `w[k][c0 + j][tap]` for its `NR` channels `c0 + j`, the taps in the filters' order, and
-/// the tap table lists the flipped taps' offsets in that order (entry `i` is tap
-/// `R·S − 1 − i` of `t`), so no flipped copy of the filters is made. (Flipping all of
-/// batch1_3x3_14's 2.4 MB of filters first, 9-element runs at a 9 KB stride, then
-/// packing the copy, ran 0.69 of the GEMM route on the Zen 4 host.)
-pub(crate) fn input_delta_single_image<T: Element>(
-    t: &ConvGeometry,
-    layout: &PaddedLayout,
-    dy: &[T],
-    w: &[T],
-    dx: &mut [T],
-) {
-    let forward = tap_offsets(t, layout);
-    let mut taps = [0; MAX_TAPS];
-    for (i, tap) in taps[..t.taps].iter_mut().enumerate() {
-        *tap = forward[t.taps - 1 - i];
-    }
-    let (filters, channels, tap_count) = (t.in_channels, t.out_channels, t.taps);
-    let filters = Filters {
-        taps,
-        flipped: true,
-        pack: |p: usize, panel: &mut [T]| {
-            let nr = <T::Avx512 as Kernel<T>>::NR;
-            // Filter k's block for the panel's channels: `nr` runs of `R·S` taps, their
-            // first taps by whole 8 × 8 block transposes, the rest (the ninth of a 3 × 3
-            // filter) one by one. (All 9 rows through `transpose` transpose 8 of them
-            // twice: 8.5 % of batch1_3x3_14's input delta in `perf record`.)
-            let blocked = tap_count / 8 * 8;
-            for (k, rows) in panel
-                .chunks_exact_mut(tap_count * nr)
-                .take(filters)
-                .enumerate()
-            {
-                let block = &w[(k * channels + p * nr) * tap_count..][..nr * tap_count];
-                transpose(isa(), block, Strided(tap_count), blocked, nr, rows, nr);
-                for tap in blocked..tap_count {
-                    let row = &mut rows[tap * nr..][..nr];
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = block[j * tap_count + tap];
-                    }
-                }
-            }
-        },
-    };
-    single_image(t, layout, dy, &filters, None, Activation::Identity, dx);
-}
-
-/// Where a single image's filter panels come from: `pack(p, panel)` writes panel `p`
-/// (`C·R·S × NR`, the layout of [`pack_filters`]'s panels), whose rows go with the tap
-/// offsets `taps` in order; `flipped` when those are the taps of `R·S` in reverse (see
-/// [`input_delta_single_image`]).
-struct Filters<F> {
-    taps: [usize; MAX_TAPS],
-    flipped: bool,
-    pack: F,
-}
-
-/// [`forward_single_image`]'s work, with the panels from `filters`.
-fn single_image<T: Element, F: Fn(usize, &mut [T]) + Sync>(
-    geo: &ConvGeometry,
-    layout: &PaddedLayout,
-    x: &[T],
-    filters: &Filters<F>,
-    bias: Option<&[T]>,
-    act: Activation,
-    y: &mut [T],
-) {
-    let nr = <T::Avx512 as Kernel<T>>::NR;
-    let panel_len = geo.col_rows * nr;
+    let taps = tap_offsets(geo, layout);
     let mut buffer = take::<T>(layout.copy_len(geo, geo.in_channels));
     let planes = if layout.is_identity(geo) {
         x
@@ -254,18 +171,18 @@ fn single_image<T: Element, F: Fn(usize, &mut [T]) + Sync>(
         &buffer[..layout.buffer_len(geo.in_channels)]
     };
     y.par_chunks_exact_mut(nr * geo.out_plane)
+        .zip(w.par_chunks_exact(panel_len))
         .enumerate()
-        .for_each(|(p, y_p)| {
+        .for_each(|(p, (y_p, filters))| {
             let mut panel = take_packing::<T>(panel_len);
-            (filters.pack)(p, &mut panel[..panel_len]);
+            pack_panel(geo.col_rows, nr, filters, &mut panel);
             let bias = bias.map(|b| &b[p * nr..][..nr]);
             let work = Panel {
                 geo,
                 layout,
                 planes,
-                taps: &filters.taps,
-                flipped: filters.flipped,
-                panel: &panel[..panel_len],
+                taps: &taps,
+                panel: &panel,
                 bias,
                 act,
             };
@@ -335,10 +252,7 @@ struct Panel<'a, T: Element> {
     layout: &'a PaddedLayout,
     planes: &'a [T],
     taps: &'a [usize; MAX_TAPS],
-    /// Whether `taps` lists the filter's taps in reverse ([`input_delta_single_image`]):
-    /// then its rows run bottom to top.
-    flipped: bool,
-    /// `C·R·S × NR`, packed by [`pack_filters`] (or in that layout).
+    /// `C·R·S × NR`, packed by [`pack_filters`].
     panel: &'a [T],
     /// The panel's `NR` biases.
     bias: Option<&'a [T]>,
@@ -380,12 +294,7 @@ impl<T: Element> Panel<'_, T> {
             // others read only padding (zeros), so their taps are skipped, as in the
             // reference. Each output is still the same sum in the same order (the terms
             // skipped are all zero products), whichever tile or thread computes it.
-            let valid = geo.h.valid_taps(p);
-            let filter_rows = if self.flipped {
-                geo.h.kernel - valid.end..geo.h.kernel - valid.start
-            } else {
-                valid
-            };
+            let filter_rows = geo.h.valid_taps(p);
             let (tap0, tap_count) = (filter_rows.start * row_taps, filter_rows.len() * row_taps);
             for first in (0..q).step_by(CHUNK_PIXELS) {
                 let end = (first + CHUNK_PIXELS).min(q);

@@ -364,18 +364,6 @@ pub fn battery() -> Vec<Case> {
             name: "pixel_tiles_rows_of_padding",
             spec: spec(2, 4, [2, 14], 32, [3, 3], one, [3, 1], one, 1),
         },
-        // A single image's input delta as a transposed forward by pixel tiles (32 input
-        // channels, 14-pixel rows), its panels packed from the filters unflipped with
-        // the tap table reversed: uneven kernel, padding 2 rows deep in the transposed
-        // layer (rows skipped bottom to top); then dilated rows.
-        Case {
-            name: "pixel_tiles_single_image_input_delta",
-            spec: spec(1, 32, [4, 14], 40, [3, 5], one, [0, 2], one, 1),
-        },
-        Case {
-            name: "pixel_tiles_single_image_input_delta_dilated",
-            spec: spec(1, 32, [6, 14], 40, [3, 5], one, [1, 2], [2, 1], 1),
-        },
         // A stem-like 7 × 7 stride-2 filter over 3 channels.
         Case {
             name: "pixel_tiles_7x7_stride2",
