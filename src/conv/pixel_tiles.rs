@@ -10,7 +10,9 @@
 //! consecutive for every tap), and loads the filters as contiguous vectors from a panel
 //! packed once per call (`[K/NR][C·R·S][NR]`). The whole reduction `C·R·S` stays in
 //! registers, and the tile is written once, transposed into the NCHW output, with the
-//! bias and activation.
+//! bias and activation. An output row at a padded edge skips the filter rows whose inputs
+//! are all padding, as PyTorch's oneDNN kernels do: on resnet_3x3_28 that is a third of
+//! the work of 2 rows in 28.
 //!
 //! Taken on the AVX-512 path (f32 and f64) for ungrouped layers whose output rows are
 //! a multiple of [`TILE_PIXELS`] and whose filters a multiple of 32 (the f32 panel
