@@ -150,6 +150,7 @@ macro_rules! pixel_methods {
             taps: *const usize,
             tap_count: usize,
             channel_taps: usize,
+            edges: *const [u8; 2],
             x: *const $t,
             pixel_step: usize,
             b: *const $t,
@@ -158,10 +159,11 @@ macro_rules! pixel_methods {
             y_stride: usize,
         ) {
             // The kernel compiled for this step (offsets constant inside it).
-            let kernel = if pixel_step == 2 {
-                $f::<2> as unsafe fn(_, _, _, _, _, _, _, _, _, _)
-            } else {
-                $f::<1>
+            let kernel = match (pixel_step == 2, edges.is_null()) {
+                (false, true) => $f::<1, false> as unsafe fn(_, _, _, _, _, _, _, _, _, _, _),
+                (false, false) => $f::<1, true>,
+                (true, true) => $f::<2, false>,
+                (true, false) => $f::<2, true>,
             };
             // SAFETY: the caller upholds `Kernel::kernel_pixels`' contract, which includes
             // that the CPU has AVX-512F and that `pixel_step` is 1 or 2.
@@ -172,6 +174,7 @@ macro_rules! pixel_methods {
                     taps,
                     tap_count,
                     channel_taps,
+                    edges,
                     x,
                     b,
                     tile,

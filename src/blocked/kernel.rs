@@ -185,13 +185,20 @@ pub trait Kernel<T> {
     /// a caller that skips the taps of a tile that fall in padding rows (zeros) passes the
     /// run of taps it keeps, `b` advanced to the first, and the panel's full count here.
     ///
+    /// A tile at a left or right padded edge passes `edges`, `tap_count` pairs
+    /// `[lead, trail]` (each at most `PIXEL_MR`): tap `t` is left out of the sums of the
+    /// first `lead` and the last `trail` pixels, whose inputs for it are padding (zeros),
+    /// and those inputs are not read. Elsewhere `edges` is null and every pixel takes
+    /// every tap.
+    ///
     /// Before the loop it prefetches, for writing, the `NR` runs of `PIXEL_MR` elements at
     /// `y + j·y_stride` (where the caller will store the tile; never dereferenced here).
     ///
     /// # Safety
     /// - `pixel_step` is 1 or 2, and `x + c·channel_len + taps[t] + i·pixel_step` readable
-    ///   for `c < channels`, `t < tap_count`, `i < PIXEL_MR`; `taps` readable for
-    ///   `tap_count` elements;
+    ///   for `c < channels`, `t < tap_count`, `i < PIXEL_MR` (when `edges` is not null,
+    ///   for the `i` not left out of tap `t`); `taps` readable for `tap_count` elements;
+    /// - `edges` null, or readable for `tap_count` pairs, each element at most `PIXEL_MR`;
     /// - `tap_count ≤ channel_taps`; `b + (c·channel_taps + t)·NR + j` readable for
     ///   `c < channels`, `t < tap_count`, `j < NR`; `tile` writable for `PIXEL_MR·NR`,
     ///   not overlapping;
@@ -203,6 +210,7 @@ pub trait Kernel<T> {
         taps: *const usize,
         tap_count: usize,
         channel_taps: usize,
+        edges: *const [u8; 2],
         x: *const T,
         pixel_step: usize,
         b: *const T,
@@ -216,6 +224,7 @@ pub trait Kernel<T> {
             taps,
             tap_count,
             channel_taps,
+            edges,
             x,
             pixel_step,
             b,
@@ -727,7 +736,9 @@ pub(super) use simd_kernel_methods;
 
 /// Writes the pixel-tile kernel ([`Kernel::kernel_pixels`]) as a `#[target_feature]`
 /// function, generic over the pixel step (`STEP`, so that the broadcasts' offsets are
-/// constants): `$mr` pixels × `$nv` vectors of `$lanes` output channels, `$mr·$nv`
+/// constants) and over whether the tile has padded edges (`EDGE`, so that the tiles
+/// inside the image run the loop without a test): `$mr` pixels × `$nv` vectors of
+/// `$lanes` output channels, `$mr·$nv`
 /// accumulators (f32 AVX-512: 14 × 2 = 28 zmm, plus the two weight vectors and one
 /// broadcast: 31 of 32 registers). Each step loads the `$nv` weight vectors once and
 /// broadcasts `$mr` consecutive inputs of one tap row.
@@ -745,12 +756,13 @@ macro_rules! pixel_kernel {
         /// target features of this function.
         #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn $name<const STEP: usize>(
+        pub(super) unsafe fn $name<const STEP: usize, const EDGE: bool>(
             channels: usize,
             channel_len: usize,
             taps: *const usize,
             tap_count: usize,
             channel_taps: usize,
+            edges: *const [u8; 2],
             x: *const $t,
             b: *const $t,
             tile: *mut $t,
@@ -782,11 +794,35 @@ macro_rules! pixel_kernel {
                         // `(c·channel_taps + t)·NR`, the caller's contract).
                         *bv = unsafe { $load(b.add(v * L)) };
                     }
-                    for (i, acc_row) in acc.iter_mut().enumerate() {
-                        // SAFETY: input i of this tap row is readable (see above).
-                        let ai = $splat(unsafe { *a.add(i * STEP) });
-                        for (acc, &bv) in acc_row.iter_mut().zip(&bv) {
-                            *acc = $fma(ai, bv, *acc);
+                    // Pixels `lead..MR − trail` take this tap: all of them inside the
+                    // image, at an edge those whose input is not padding.
+                    let [lead, trail] = if EDGE {
+                        // SAFETY: `edges` holds `tap_count` pairs when EDGE (the wrapper
+                        // passes EDGE only for a non-null `edges`).
+                        unsafe { *edges.add(t) }
+                    } else {
+                        [0, 0]
+                    };
+                    if lead == 0 && trail == 0 {
+                        for (i, acc_row) in acc.iter_mut().enumerate() {
+                            // SAFETY: input i of this tap row is readable (see above).
+                            let ai = $splat(unsafe { *a.add(i * STEP) });
+                            for (acc, &bv) in acc_row.iter_mut().zip(&bv) {
+                                *acc = $fma(ai, bv, *acc);
+                            }
+                        }
+                    } else {
+                        let (lead, trail) = (usize::from(lead), usize::from(trail));
+                        for (i, acc_row) in acc.iter_mut().enumerate() {
+                            if i < lead || i + trail >= MR {
+                                continue;
+                            }
+                            // SAFETY: input i of this tap row is readable: i is not
+                            // left out of tap t (the caller's contract).
+                            let ai = $splat(unsafe { *a.add(i * STEP) });
+                            for (acc, &bv) in acc_row.iter_mut().zip(&bv) {
+                                *acc = $fma(ai, bv, *acc);
+                            }
                         }
                     }
                     b = b.wrapping_add(NR);

@@ -10,9 +10,11 @@
 //! consecutive for every tap), and loads the filters as contiguous vectors from a panel
 //! packed once per call (`[K/NR][C·R·S][NR]`). The whole reduction `C·R·S` stays in
 //! registers, and the tile is written once, transposed into the NCHW output, with the
-//! bias and activation. An output row at a padded edge skips the filter rows whose inputs
-//! are all padding, as PyTorch's oneDNN kernels do: on resnet_3x3_28 that is a third of
-//! the work of 2 rows in 28.
+//! bias and activation. The padding taps are skipped, as PyTorch's oneDNN kernels do: an
+//! output row at a padded edge leaves out the filter rows whose inputs are all padding
+//! (on resnet_3x3_28 a third of the work of 2 rows in 28), and a tile at a left or right
+//! edge leaves each tap column out of the pixels whose input for it is a padding column
+//! (a third of the work of 2 pixels in 28).
 //!
 //! Taken on the AVX-512 path (f32 and f64) for ungrouped layers whose output rows are
 //! a multiple of [`TILE_PIXELS`] and whose filters a multiple of 32 (the f32 panel
@@ -290,6 +292,7 @@ impl<T: Element> Panel<'_, T> {
             "pixel tiles: planes too short"
         );
         let mut chunk = [T::ZERO; CHUNK_LEN];
+        let mut edge_table = [[0u8; 2]; MAX_TAPS];
         let row_taps = geo.w.kernel;
         for p in rows {
             // The filter rows whose inputs lie in the image for this output row: the
@@ -302,10 +305,17 @@ impl<T: Element> Panel<'_, T> {
                 let end = (first + CHUNK_PIXELS).min(q);
                 for q0 in (first..end).step_by(TILE_PIXELS) {
                     let at = (q0 - first) * nr;
+                    let edges = if self.edges(q0, &mut edge_table) {
+                        edge_table[tap0..].as_ptr()
+                    } else {
+                        std::ptr::null()
+                    };
                     // SAFETY: the kernel reads `x + c·channel_len + taps[t] + i·pixel_step`
                     // (pixel_step 1 or 2, checked above) for c < channels, tap0 ≤ t <
-                    // tap0 + tap_count ≤ R·S, i < 14: at most `farthest` (checked above)
-                    // past `planes`, since p < P and q0 + i < Q (Q is a multiple of 14).
+                    // tap0 + tap_count ≤ R·S, i < 14 (or fewer): at most `farthest`
+                    // (checked above) past `planes`, since p < P and q0 + i < Q (Q is a
+                    // multiple of 14). `edges`, when not null, points at entry tap0 of
+                    // `edge_table`, whose MAX_TAPS ≥ R·S entries are each at most 14.
                     // The panel holds `C·R·S·NR` elements, of which it reads
                     // `(c·R·S + t)·NR + j` for those c, t and j < NR (`channel_taps` R·S);
                     // the tile's `14·NR` elements from `chunk + at` are in the
@@ -320,6 +330,7 @@ impl<T: Element> Panel<'_, T> {
                             self.taps.as_ptr().add(tap0),
                             tap_count,
                             geo.taps,
+                            edges,
                             self.planes.as_ptr().add(p * row_step + q0 * pixel_step),
                             pixel_step,
                             self.panel.as_ptr().add(tap0 * nr),
@@ -332,6 +343,28 @@ impl<T: Element> Panel<'_, T> {
                 self.write(&chunk, &mut y[p * q + first..], end - first);
             }
         }
+    }
+
+    /// Fills `table[t]` with the `[lead, trail]` pixels of the tile at output column `q0`
+    /// whose input for tap `t` is a padding column, for every tap; returns whether any
+    /// is (the tile is at a left or right edge). Each tap column's valid outputs are one
+    /// run ([`Axis::valid_outputs`](crate::shape::Axis::valid_outputs)), so the pixels
+    /// it leaves out are a lead and a trail of the tile.
+    fn edges(&self, q0: usize, table: &mut [[u8; 2]; MAX_TAPS]) -> bool {
+        let axis = &self.geo.w;
+        let tile_end = q0 + TILE_PIXELS;
+        let mut any = false;
+        for s in 0..axis.kernel {
+            let (lo, hi) = axis.valid_outputs(s);
+            // At most TILE_PIXELS each: they fit a u8.
+            let lead = lo.saturating_sub(q0).min(TILE_PIXELS) as u8;
+            let trail = tile_end.saturating_sub(hi).min(TILE_PIXELS) as u8;
+            any |= lead != 0 || trail != 0;
+            for r in 0..self.geo.h.kernel {
+                table[r * axis.kernel + s] = [lead, trail];
+            }
+        }
+        any
     }
 
     /// Writes a chunk (`pixels × NR`, row-major) transposed into the panel's `NR` output
@@ -410,5 +443,57 @@ mod tests {
         // 16 output pixels per row, or 48 filters: not tiled.
         assert!(layout(&geometry(2, 8, 16, 32, 1)).is_none());
         assert!(layout(&geometry(2, 8, 14, 48, 1)).is_none());
+    }
+
+    /// The taps that read padding are left out, not multiplied by a zero: with one
+    /// weight of each filter infinite, an output whose window puts that tap on a padding
+    /// row or column stays finite, as in the reference (a product `0 · ∞` would make it
+    /// NaN), and every output equals the reference's. Padding 1 on 28 × 28 with a 3 × 3
+    /// filter: the infinite tap on a corner (0, 0) and on an edge (1, 2), so top rows,
+    /// left and right columns are all met. 8 channels, so that the reduction (72) is
+    /// too long for the direct kernel and the forward takes pixel tiles. Inputs are small
+    /// positive integers, the finite weights too, so every finite sum is exact in f32.
+    #[test]
+    fn padding_taps_are_left_out() {
+        if isa() != Isa::Avx512 {
+            return;
+        }
+        for infinite_tap in [(0, 0), (1, 2)] {
+            let geo = geometry(2, 8, 28, 32, 1);
+            assert!(
+                super::super::direct_forward::layout(&geo).is_none() && layout(&geo).is_some(),
+                "the shape takes pixel tiles"
+            );
+            let spec = Conv2dSpec {
+                batch: 2,
+                in_channels: 8,
+                in_h: 28,
+                in_w: 28,
+                out_channels: 32,
+                kernel: [3, 3],
+                padding: [1, 1],
+                ..Default::default()
+            };
+            let x: Vec<f32> = (0..geo.x_len).map(|i| (1 + i % 5) as f32).collect();
+            let mut w: Vec<f32> = (0..geo.w_len).map(|i| (1 + i % 3) as f32).collect();
+            for k in 0..32 {
+                w[k * geo.col_rows + infinite_tap.0 * 3 + infinite_tap.1] = f32::INFINITY;
+            }
+            let mut y = vec![0.0f32; geo.y_len];
+            let mut y_ref = y.clone();
+            crate::Conv2d::new(spec)
+                .unwrap()
+                .forward(&x, &w, None, &mut y)
+                .unwrap();
+            crate::reference::conv2d_forward(&spec, &x, &w, None, &mut y_ref).unwrap();
+            let finite = y_ref.iter().filter(|v| v.is_finite()).count();
+            assert!(
+                finite > 0 && finite < y.len(),
+                "{infinite_tap:?}: some finite"
+            );
+            for (i, (a, b)) in y.iter().zip(&y_ref).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{infinite_tap:?}: output {i}");
+            }
+        }
     }
 }
