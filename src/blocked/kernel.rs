@@ -170,8 +170,12 @@ pub trait Kernel<T> {
     /// Output pixels per tile of [`Kernel::kernel_pixels`]: 0 when the kernel has none.
     const PIXEL_MR: usize = 0;
 
-    /// A convolution tile in the transposed orientation: `PIXEL_MR` consecutive output
-    /// pixels (rows) × `NR` output channels (columns), summed over the whole reduction
+    /// The shorter tile [`Kernel::kernel_pixels`] also computes, for output rows that
+    /// are not a multiple of [`Kernel::PIXEL_MR`]: 0 when the kernel has none.
+    const PIXEL_MR_SHORT: usize = 0;
+
+    /// A convolution tile in the transposed orientation: `pixels` (`PIXEL_MR` or
+    /// `PIXEL_MR_SHORT`) consecutive output pixels (rows) × `NR` output channels (columns), summed over the whole reduction
     /// `channels × taps` in registers and stored once, row-major (`tile + i·NR + j`), for
     /// the caller to write into the NCHW output. The pixels' inputs are read in place from
     /// padded planes and broadcast, and the filters come as a packed panel, so every
@@ -186,25 +190,27 @@ pub trait Kernel<T> {
     /// run of taps it keeps, `b` advanced to the first, and the panel's full count here.
     ///
     /// A tile at a left or right padded edge passes `edges`, `tap_count` pairs
-    /// `[lead, trail]` (each at most `PIXEL_MR`): tap `t` is left out of the sums of the
+    /// `[lead, trail]` (each at most `pixels`): tap `t` is left out of the sums of the
     /// first `lead` and the last `trail` pixels, whose inputs for it are padding (zeros),
     /// and those inputs are not read. Elsewhere `edges` is null and every pixel takes
     /// every tap.
     ///
-    /// Before the loop it prefetches, for writing, the `NR` runs of `PIXEL_MR` elements at
+    /// Before the loop it prefetches, for writing, the `NR` runs of `pixels` elements at
     /// `y + j·y_stride` (where the caller will store the tile; never dereferenced here).
     ///
     /// # Safety
+    /// - `pixels` is `PIXEL_MR` or `PIXEL_MR_SHORT`, and not 0;
     /// - `pixel_step` is 1 or 2, and `x + c·channel_len + taps[t] + i·pixel_step` readable
-    ///   for `c < channels`, `t < tap_count`, `i < PIXEL_MR` (when `edges` is not null,
+    ///   for `c < channels`, `t < tap_count`, `i < pixels` (when `edges` is not null,
     ///   for the `i` not left out of tap `t`); `taps` readable for `tap_count` elements;
-    /// - `edges` null, or readable for `tap_count` pairs, each element at most `PIXEL_MR`;
+    /// - `edges` null, or readable for `tap_count` pairs, each element at most `pixels`;
     /// - `tap_count ≤ channel_taps`; `b + (c·channel_taps + t)·NR + j` readable for
-    ///   `c < channels`, `t < tap_count`, `j < NR`; `tile` writable for `PIXEL_MR·NR`,
+    ///   `c < channels`, `t < tap_count`, `j < NR`; `tile` writable for `pixels·NR`,
     ///   not overlapping;
     /// - the CPU has the kernel's features; only called when `PIXEL_MR > 0`.
     #[allow(clippy::too_many_arguments)]
     unsafe fn kernel_pixels(
+        pixels: usize,
         channels: usize,
         channel_len: usize,
         taps: *const usize,
@@ -219,6 +225,7 @@ pub trait Kernel<T> {
         y_stride: usize,
     ) {
         let _ = (
+            pixels,
             channels,
             channel_len,
             taps,
@@ -737,15 +744,15 @@ pub(super) use simd_kernel_methods;
 /// Writes the pixel-tile kernel ([`Kernel::kernel_pixels`]) as a `#[target_feature]`
 /// function, generic over the pixel step (`STEP`, so that the broadcasts' offsets are
 /// constants) and over whether the tile has padded edges (`EDGE`, so that the tiles
-/// inside the image run the loop without a test): `$mr` pixels × `$nv` vectors of
-/// `$lanes` output channels, `$mr·$nv`
+/// inside the image run the loop without a test) and over the tile's pixels (`MR`): `MR`
+/// pixels × `$nv` vectors of `$lanes` output channels, `MR·$nv`
 /// accumulators (f32 AVX-512: 14 × 2 = 28 zmm, plus the two weight vectors and one
 /// broadcast: 31 of 32 registers). Each step loads the `$nv` weight vectors once and
-/// broadcasts `$mr` consecutive inputs of one tap row.
+/// broadcasts `MR` consecutive inputs of one tap row.
 #[cfg(target_arch = "x86_64")]
 macro_rules! pixel_kernel {
     (
-        $name:ident, $t:ty, $feature:literal, $lanes:literal, mr = $mr:literal, nv = $nv:literal,
+        $name:ident, $t:ty, $feature:literal, $lanes:literal, nv = $nv:literal,
         zero = $zero:ident, splat = $splat:ident, load = $load:ident, store = $store:ident,
         fma = $fma:ident
     ) => {
@@ -756,7 +763,7 @@ macro_rules! pixel_kernel {
         /// target features of this function.
         #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn $name<const STEP: usize, const EDGE: bool>(
+        pub(super) unsafe fn $name<const MR: usize, const STEP: usize, const EDGE: bool>(
             channels: usize,
             channel_len: usize,
             taps: *const usize,
@@ -769,7 +776,6 @@ macro_rules! pixel_kernel {
             y: *const $t,
             y_stride: usize,
         ) {
-            const MR: usize = $mr;
             const L: usize = $lanes;
             const NR: usize = $nv * $lanes;
             // The output runs this tile goes to: fetched for writing now, while the

@@ -3,7 +3,8 @@
 //! The GEMM of the other forward paths puts output channels in the rows of its tile and
 //! pixels in the vector lanes, so its B operand (the column matrix) is packed from the
 //! padded image, or read in place with unaligned loads. Here the tile is transposed:
-//! [`Kernel::kernel_pixels`] holds [`TILE_PIXELS`] consecutive output pixels of one output
+//! [`Kernel::kernel_pixels`] holds [`TILE_PIXELS`] (or [`SHORT_TILE_PIXELS`]) consecutive
+//! output pixels of one output
 //! row × `NR` output channels, broadcasts each pixel's input straight from the padded
 //! planes (stride 1 or 2: planes in column order, the kernel stepping 1 or 2 elements
 //! per pixel; a larger stride: the column phases of [`PaddedLayout`] make a row's inputs
@@ -16,12 +17,17 @@
 //! edge leaves each tap column out of the pixels whose input for it is a padding column
 //! (a third of the work of 2 pixels in 28).
 //!
-//! Taken on the AVX-512 path (f32 and f64) for ungrouped layers whose output rows are
-//! a multiple of [`TILE_PIXELS`] and whose filters a multiple of 32 (the f32 panel
-//! width; f64 panels are 16 wide), with moderate padding ([`PaddedLayout::new`]).
-//! (Rows of other lengths, ended by an 8-pixel kernel or a tile overlapping the one
-//! before, ran 0.95–0.98 of the packed GEMM on dilated_3x3's 64 and 1.00 on audio_1x9's
-//! 4000 in `benches/ab.sh`: not kept.)
+//! Taken on the AVX-512 path (f32 and f64) for ungrouped layers whose output rows split
+//! into tiles of [`TILE_PIXELS`] and of [`SHORT_TILE_PIXELS`] ([`row_tiles`]) and whose
+//! filters are a multiple of 32 (the f32 panel width; f64 panels are 16 wide), with
+//! moderate padding ([`PaddedLayout::new`]). Rows of 64 (dilated_3x3: 4 long tiles and
+//! a short one) ran 1.023–1.030× the packed GEMM forward at 1 and 2 threads
+//! (`benches/ab.sh`, 4–6 rounds, Zen 4; its input delta, a transposed forward that takes
+//! the same tiles, 0.995–1.027), and in 8 short tiles the same as the split (1.008). A
+//! 1-D layer needs its rows to be a multiple of 14: audio_1x9's single row of 4000 ran
+//! 0.986× (forward and input delta, 6 rounds; 1.043× in an earlier 4) against the GEMM
+//! reading its rows in place. (An earlier try at other row lengths, before the kernel
+//! prefetched its output and skipped padding, had measured 0.95–0.98 on dilated_3x3.)
 //!
 //! Order of work, per image: the output rows in bands whose input rows fit
 //! [`BAND_BYTES`], and in each band every panel of filters over the band's tiles, so the
@@ -45,6 +51,22 @@ use crate::simd::{Isa, isa};
 
 /// Output pixels per tile: the AVX-512 kernels' `PIXEL_MR`.
 const TILE_PIXELS: usize = 14;
+
+/// Output pixels per short tile: the AVX-512 kernels' `PIXEL_MR_SHORT`. A row whose
+/// length is not a multiple of 14 ends in tiles of 8 ([`row_tiles`]).
+const SHORT_TILE_PIXELS: usize = 8;
+
+/// The tiles of an output row of `q` pixels: `(long, short)`, as many tiles of
+/// [`TILE_PIXELS`] as leave a multiple of [`SHORT_TILE_PIXELS`], then that many short
+/// tiles; `None` if no such split exists (`q` odd, or 2, 4, 6, 10, 12, 18, 20 or 26).
+fn row_tiles(q: usize) -> Option<(usize, usize)> {
+    (0..=q / TILE_PIXELS)
+        .rev()
+        .map(|long| (long, q - long * TILE_PIXELS))
+        .find(|&(_, rest)| rest.is_multiple_of(SHORT_TILE_PIXELS))
+        .map(|(long, rest)| (long, rest / SHORT_TILE_PIXELS))
+        .filter(|&(long, short)| long + short > 0)
+}
 
 /// Filters must be a multiple of this (the widest panel, f32's 32).
 const FILTER_MULTIPLE: usize = 32;
@@ -77,14 +99,16 @@ const BAND_BYTES: usize = 320 << 10;
 /// forward in `perf record`, the kernel 83%.
 pub(crate) fn layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
     let kernel_has_tiles = <<f32 as Engine>::Avx512 as Kernel<f32>>::PIXEL_MR == TILE_PIXELS
-        && <<f64 as Engine>::Avx512 as Kernel<f64>>::PIXEL_MR == TILE_PIXELS;
+        && <<f64 as Engine>::Avx512 as Kernel<f64>>::PIXEL_MR == TILE_PIXELS
+        && <<f32 as Engine>::Avx512 as Kernel<f32>>::PIXEL_MR_SHORT == SHORT_TILE_PIXELS
+        && <<f64 as Engine>::Avx512 as Kernel<f64>>::PIXEL_MR_SHORT == SHORT_TILE_PIXELS;
     let applies = kernel_has_tiles
         && use_blocked()
         && isa() == Isa::Avx512
         && geo.groups == 1
         && !geo.is_pointwise()
         && geo.taps <= MAX_TAPS
-        && geo.w.output.is_multiple_of(TILE_PIXELS)
+        && row_tiles(geo.w.output).is_some_and(|(_, short)| short == 0 || geo.h.output > 1)
         && geo.out_channels.is_multiple_of(FILTER_MULTIPLE);
     if !applies {
         None
@@ -274,6 +298,7 @@ impl<T: Element> Panel<'_, T> {
         let pixel_step = self.layout.column_step(geo);
         assert!(
             <T::Avx512 as Kernel<T>>::PIXEL_MR == TILE_PIXELS
+                && <T::Avx512 as Kernel<T>>::PIXEL_MR_SHORT == SHORT_TILE_PIXELS
                 && nr <= FILTER_MULTIPLE
                 && self.panel.len() == geo.col_rows * nr
                 && y.len() == nr * plane
@@ -294,6 +319,7 @@ impl<T: Element> Panel<'_, T> {
         let mut chunk = [T::ZERO; CHUNK_LEN];
         let mut edge_table = [[0u8; 2]; MAX_TAPS];
         let row_taps = geo.w.kernel;
+        let (long, short) = row_tiles(q).expect("pixel tiles: the row splits into tiles");
         for p in rows {
             // The filter rows whose inputs lie in the image for this output row: the
             // others read only padding (zeros), so their taps are skipped, as in the
@@ -301,47 +327,61 @@ impl<T: Element> Panel<'_, T> {
             // skipped are all zero products), whichever tile or thread computes it.
             let filter_rows = geo.h.valid_taps(p);
             let (tap0, tap_count) = (filter_rows.start * row_taps, filter_rows.len() * row_taps);
-            for first in (0..q).step_by(CHUNK_PIXELS) {
-                let end = (first + CHUNK_PIXELS).min(q);
-                for q0 in (first..end).step_by(TILE_PIXELS) {
-                    let at = (q0 - first) * nr;
-                    let edges = if self.edges(q0, &mut edge_table) {
-                        edge_table[tap0..].as_ptr()
-                    } else {
-                        std::ptr::null()
-                    };
-                    // SAFETY: the kernel reads `x + c·channel_len + taps[t] + i·pixel_step`
-                    // (pixel_step 1 or 2, checked above) for c < channels, tap0 ≤ t <
-                    // tap0 + tap_count ≤ R·S, i < 14 (or fewer): at most `farthest`
-                    // (checked above) past `planes`, since p < P and q0 + i < Q (Q is a
-                    // multiple of 14). `edges`, when not null, points at entry tap0 of
-                    // `edge_table`, whose MAX_TAPS ≥ R·S entries are each at most 14.
-                    // The panel holds `C·R·S·NR` elements, of which it reads
-                    // `(c·R·S + t)·NR + j` for those c, t and j < NR (`channel_taps` R·S);
-                    // the tile's `14·NR` elements from `chunk + at` are in the
-                    // chunk (q0 + 14 ≤ first + CHUNK_PIXELS, NR ≤ 32). `y + p·Q + q0 +
-                    // j·plane` is only prefetched. The kernel exists and the CPU has
-                    // AVX-512F: `layout` took this path only when `isa()` is AVX-512 and
-                    // both kernels have tiles of 14.
-                    unsafe {
-                        <T::Avx512 as Kernel<T>>::kernel_pixels(
-                            channels,
-                            channel_len,
-                            self.taps.as_ptr().add(tap0),
-                            tap_count,
-                            geo.taps,
-                            edges,
-                            self.planes.as_ptr().add(p * row_step + q0 * pixel_step),
-                            pixel_step,
-                            self.panel.as_ptr().add(tap0 * nr),
-                            chunk.as_mut_ptr().add(at),
-                            y.as_ptr().wrapping_add(p * q + q0),
-                            plane,
-                        );
-                    }
+            // The tiles of the row, `long` of 14 pixels then `short` of 8, gathered in
+            // a chunk of at most CHUNK_PIXELS and written out together.
+            let mut first = 0;
+            let tiles = (0..long)
+                .map(|t| (t * TILE_PIXELS, TILE_PIXELS))
+                .chain((0..short).map(|t| {
+                    (
+                        long * TILE_PIXELS + t * SHORT_TILE_PIXELS,
+                        SHORT_TILE_PIXELS,
+                    )
+                }));
+            for (q0, width) in tiles {
+                if q0 + width > first + CHUNK_PIXELS {
+                    self.write(&chunk, &mut y[p * q + first..], q0 - first);
+                    first = q0;
                 }
-                self.write(&chunk, &mut y[p * q + first..], end - first);
+                let at = (q0 - first) * nr;
+                let edges = if self.edges(q0, width, &mut edge_table) {
+                    edge_table[tap0..].as_ptr()
+                } else {
+                    std::ptr::null()
+                };
+                // SAFETY: `width` is the kernel's PIXEL_MR (14) or PIXEL_MR_SHORT (8),
+                // checked above. The kernel reads `x + c·channel_len + taps[t] +
+                // i·pixel_step` (pixel_step 1 or 2, checked above) for c < channels, tap0
+                // ≤ t < tap0 + tap_count ≤ R·S, i < width (or fewer): at most `farthest`
+                // (checked above) past `planes`, since p < P and q0 + i < Q (the tiles
+                // cover the row). `edges`, when not null, points at entry tap0 of
+                // `edge_table`, whose MAX_TAPS ≥ R·S entries are each at most `width`.
+                // The panel holds `C·R·S·NR` elements, of which it reads
+                // `(c·R·S + t)·NR + j` for those c, t and j < NR (`channel_taps` R·S);
+                // the tile's `width·NR` elements from `chunk + at` are in the chunk
+                // (q0 + width ≤ first + CHUNK_PIXELS, NR ≤ 32). `y + p·Q + q0 +
+                // j·plane` is only prefetched. The kernel exists and the CPU has
+                // AVX-512F: `layout` took this path only when `isa()` is AVX-512 and
+                // both kernels have tiles of 14 and 8.
+                unsafe {
+                    <T::Avx512 as Kernel<T>>::kernel_pixels(
+                        width,
+                        channels,
+                        channel_len,
+                        self.taps.as_ptr().add(tap0),
+                        tap_count,
+                        geo.taps,
+                        edges,
+                        self.planes.as_ptr().add(p * row_step + q0 * pixel_step),
+                        pixel_step,
+                        self.panel.as_ptr().add(tap0 * nr),
+                        chunk.as_mut_ptr().add(at),
+                        y.as_ptr().wrapping_add(p * q + q0),
+                        plane,
+                    );
+                }
             }
+            self.write(&chunk, &mut y[p * q + first..], q - first);
         }
     }
 
@@ -350,15 +390,15 @@ impl<T: Element> Panel<'_, T> {
     /// is (the tile is at a left or right edge). Each tap column's valid outputs are one
     /// run ([`Axis::valid_outputs`](crate::shape::Axis::valid_outputs)), so the pixels
     /// it leaves out are a lead and a trail of the tile.
-    fn edges(&self, q0: usize, table: &mut [[u8; 2]; MAX_TAPS]) -> bool {
+    fn edges(&self, q0: usize, width: usize, table: &mut [[u8; 2]; MAX_TAPS]) -> bool {
         let axis = &self.geo.w;
-        let tile_end = q0 + TILE_PIXELS;
+        let tile_end = q0 + width;
         let mut any = false;
         for s in 0..axis.kernel {
             let (lo, hi) = axis.valid_outputs(s);
-            // At most TILE_PIXELS each: they fit a u8.
-            let lead = lo.saturating_sub(q0).min(TILE_PIXELS) as u8;
-            let trail = tile_end.saturating_sub(hi).min(TILE_PIXELS) as u8;
+            // At most `width` (≤ 14) each: they fit a u8.
+            let lead = lo.saturating_sub(q0).min(width) as u8;
+            let trail = tile_end.saturating_sub(hi).min(width) as u8;
             any |= lead != 0 || trail != 0;
             for r in 0..self.geo.h.kernel {
                 table[r * axis.kernel + s] = [lead, trail];
@@ -440,9 +480,54 @@ mod tests {
         .unwrap();
         assert!(layout(&deep).is_some());
         assert!(deep.h.valid_taps(0).is_empty() && deep.h.valid_taps(5).is_empty());
-        // 16 output pixels per row, or 48 filters: not tiled.
-        assert!(layout(&geometry(2, 8, 16, 32, 1)).is_none());
+        // Rows of 16 pixels (two short tiles) and 22 (one of each) are tiled; rows of
+        // 18 (no split) and 48 filters are not.
+        assert!(layout(&geometry(2, 8, 16, 32, 1)).is_some());
+        assert!(layout(&geometry(2, 8, 22, 32, 1)).is_some());
+        assert!(layout(&geometry(2, 8, 18, 32, 1)).is_none());
         assert!(layout(&geometry(2, 8, 14, 48, 1)).is_none());
+        // A single output row needs a multiple of 14 (audio_1x9's 4000 is not).
+        let audio = |w: usize| {
+            ConvGeometry::new(&Conv2dSpec {
+                batch: 8,
+                in_channels: 64,
+                in_h: 1,
+                in_w: w,
+                out_channels: 64,
+                kernel: [1, 9],
+                padding: [0, 4],
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        assert!(layout(&audio(4000)).is_none());
+        assert!(layout(&audio(3990)).is_some());
+    }
+
+    /// Rows split into tiles of 14 then 8 that cover them exactly, with as many of 14 as
+    /// can be; the lengths with no split are refused.
+    #[test]
+    fn rows_split_into_long_and_short_tiles() {
+        assert_eq!(row_tiles(64), Some((4, 1)));
+        assert_eq!(row_tiles(4000), Some((284, 3)));
+        assert_eq!(row_tiles(28), Some((2, 0)));
+        assert_eq!(row_tiles(16), Some((0, 2)));
+        for q in 0..200 {
+            match row_tiles(q) {
+                Some((long, short)) => {
+                    assert_eq!(long * TILE_PIXELS + short * SHORT_TILE_PIXELS, q, "{q}");
+                    // No split with more long tiles exists.
+                    let more = (long + 1..=q / TILE_PIXELS)
+                        .any(|l| (q - l * TILE_PIXELS).is_multiple_of(SHORT_TILE_PIXELS));
+                    assert!(!more, "{q}");
+                }
+                None => {
+                    let any = (0..=q / TILE_PIXELS)
+                        .any(|l| (q - l * TILE_PIXELS).is_multiple_of(SHORT_TILE_PIXELS) && q > 0);
+                    assert!(!any, "{q}");
+                }
+            }
+        }
     }
 
     /// The taps that read padding are left out, not multiplied by a zero: with one

@@ -364,6 +364,17 @@ pub fn battery() -> Vec<Case> {
             name: "pixel_tiles_rows_of_padding",
             spec: spec(2, 4, [2, 14], 32, [3, 3], one, [3, 1], one, 1),
         },
+        // Rows of 22 pixels, a tile of 14 then a short one of 8, dilated and padded so
+        // that both edge tiles leave padding columns out; and rows of 16, two short
+        // tiles, at stride 2.
+        Case {
+            name: "pixel_tiles_short_tiles_dilated",
+            spec: spec(2, 8, [6, 22], 32, [3, 3], one, [2, 2], [2, 2], 1),
+        },
+        Case {
+            name: "pixel_tiles_short_tiles_stride2",
+            spec: spec(2, 5, [7, 32], 64, [3, 3], [2, 2], one, one, 1),
+        },
         // A stem-like 7 × 7 stride-2 filter over 3 channels.
         Case {
             name: "pixel_tiles_7x7_stride2",
