@@ -444,7 +444,9 @@ fn transposed(geo: &ConvGeometry) -> Option<ConvGeometry> {
     // the tap table reversed) it ran 1.027 at 1 thread and 0.978–0.996 at 2 (Zen 4,
     // 5–6 rounds; the panels' 32 × 9 block transposes 6 % of the call, the padded `dy`
     // read across both cores): not kept.
-    let pixels = geo.batch > 1 && forward::takes_pixel_tiles(&t);
+    // Not for 1 × 1 filters, whose input delta is a GEMM with no col2im: resnet_1x1_14's
+    // transposed forward by pixel tiles ran 86.6 GFLOP/s against its 105 (1 thread).
+    let pixels = geo.batch > 1 && !geo.is_pointwise() && forward::takes_pixel_tiles(&t);
     let fast = pixels || forward::takes_wide_path(&t) || packed;
     (t.h.output == geo.h.input && t.w.output == geo.w.input && fast).then_some(t)
 }

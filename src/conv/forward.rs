@@ -27,7 +27,10 @@
 //!   im2col copies contiguous runs.
 //!
 //! A pointwise layer (1×1, stride 1, no padding) skips im2col: the input planes are the
-//! column matrix. A short reduction (`C·R·S` at most 32, stride 1, ungrouped) is not
+//! column matrix. On the AVX-512 path, ungrouped layers with filters a multiple of 32
+//! and rows that split into tiles of 14 and 8 pixels (1 × 1 ones included) skip the
+//! GEMM too: [`pixel_tiles`] broadcasts each output pixel's inputs from the padded
+//! planes against packed filters. A short reduction (`C·R·S` at most 32, stride 1, ungrouped) is not
 //! lowered at all: [`direct_forward`] reads its taps from the padded planes into register
 //! tiles.
 //!

@@ -29,6 +29,12 @@
 //! reading its rows in place. (An earlier try at other row lengths, before the kernel
 //! prefetched its output and skipped padding, had measured 0.95–0.98 on dilated_3x3.)
 //!
+//! 1 × 1 filters take the tiles too, reading the image itself (no padding): against the
+//! GEMM, which needs no column matrix for them either, resnet_1x1_14 ran 1.049× and a
+//! single image of it 1.099×; a stride-2 1 × 1 layer (512 to 1024 channels, 28 × 28)
+//! 1.003× and a 64-channel one on 56 × 56 0.994× (`benches/ab.sh`, 3–4 rounds, Zen 4,
+//! 1 thread).
+//!
 //! Order of work, per image: the output rows in bands whose input rows fit
 //! [`BAND_BYTES`], and in each band every panel of filters over the band's tiles, so the
 //! band's padded rows and the panel stay in L2 while the tiles stream through L1.
@@ -106,7 +112,6 @@ pub(crate) fn layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
         && use_blocked()
         && isa() == Isa::Avx512
         && geo.groups == 1
-        && !geo.is_pointwise()
         && geo.taps <= MAX_TAPS
         && row_tiles(geo.w.output).is_some_and(|(_, short)| short == 0 || geo.h.output > 1)
         && geo.out_channels.is_multiple_of(FILTER_MULTIPLE);
@@ -486,6 +491,18 @@ mod tests {
         assert!(layout(&geometry(2, 8, 22, 32, 1)).is_some());
         assert!(layout(&geometry(2, 8, 18, 32, 1)).is_none());
         assert!(layout(&geometry(2, 8, 14, 48, 1)).is_none());
+        // 1 × 1 filters: resnet_1x1_14.
+        let pointwise = ConvGeometry::new(&Conv2dSpec {
+            batch: 8,
+            in_channels: 1024,
+            in_h: 14,
+            in_w: 14,
+            out_channels: 256,
+            kernel: [1, 1],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(layout(&pointwise).is_some_and(|l| l.is_identity(&pointwise)));
         // A single output row needs a multiple of 14 (audio_1x9's 4000 is not).
         let audio = |w: usize| {
             ConvGeometry::new(&Conv2dSpec {

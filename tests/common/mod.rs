@@ -375,6 +375,20 @@ pub fn battery() -> Vec<Case> {
             name: "pixel_tiles_short_tiles_stride2",
             spec: spec(2, 5, [7, 32], 64, [3, 3], [2, 2], one, one, 1),
         },
+        // 1 × 1 filters by pixel tiles, read from the image itself: a batch, a single
+        // image (its panels split across tasks), and stride 2 (every other column).
+        Case {
+            name: "pixel_tiles_pointwise",
+            spec: spec(3, 40, [3, 14], 32, [1, 1], one, zero, one, 1),
+        },
+        Case {
+            name: "pixel_tiles_pointwise_single_image",
+            spec: spec(1, 24, [2, 22], 64, [1, 1], one, zero, one, 1),
+        },
+        Case {
+            name: "pixel_tiles_pointwise_stride2",
+            spec: spec(2, 16, [5, 28], 32, [1, 1], [2, 2], zero, one, 1),
+        },
         // A stem-like 7 × 7 stride-2 filter over 3 channels.
         Case {
             name: "pixel_tiles_7x7_stride2",
