@@ -202,7 +202,9 @@ pub trait Kernel<T> {
     /// - `pixels` is `PIXEL_MR` or `PIXEL_MR_SHORT`, and not 0;
     /// - `pixel_step` is 1 or 2, and `x + c·channel_len + taps[t] + i·pixel_step` readable
     ///   for `c < channels`, `t < tap_count`, `i < pixels` (when `edges` is not null,
-    ///   for the `i` not left out of tap `t`); `taps` readable for `tap_count` elements;
+    ///   for the `i` not left out of tap `t`); `x` itself need not be (it may point
+    ///   before the planes, the addresses are computed wrapping); `taps` readable for
+    ///   `tap_count` elements;
     /// - `edges` null, or readable for `tap_count` pairs, each element at most `pixels`;
     /// - `tap_count ≤ channel_taps`; `b + (c·channel_taps + t)·NR + j` readable for
     ///   `c < channels`, `t < tap_count`, `j < NR`; `tile` writable for `pixels·NR`,
@@ -793,7 +795,9 @@ macro_rules! pixel_kernel {
                 for t in 0..tap_count {
                     // SAFETY: `taps` holds `tap_count` offsets and the MR inputs of tap
                     // `t` of this channel are readable (the caller's contract).
-                    let a = unsafe { channel.add(*taps.add(t)) };
+                    // (Wrapping: `channel` may lie before the planes when the caller
+                    // reads an image with its padding left out; only inputs read are in.)
+                    let a = channel.wrapping_add(unsafe { *taps.add(t) });
                     let mut bv = [$zero(); $nv];
                     for (v, bv) in bv.iter_mut().enumerate() {
                         // SAFETY: step (c, t) of the panel holds NR elements (at
@@ -812,7 +816,7 @@ macro_rules! pixel_kernel {
                     if lead == 0 && trail == 0 {
                         for (i, acc_row) in acc.iter_mut().enumerate() {
                             // SAFETY: input i of this tap row is readable (see above).
-                            let ai = $splat(unsafe { *a.add(i * STEP) });
+                            let ai = $splat(unsafe { *a.wrapping_add(i * STEP) });
                             for (acc, &bv) in acc_row.iter_mut().zip(&bv) {
                                 *acc = $fma(ai, bv, *acc);
                             }
@@ -825,7 +829,7 @@ macro_rules! pixel_kernel {
                             }
                             // SAFETY: input i of this tap row is readable: i is not
                             // left out of tap t (the caller's contract).
-                            let ai = $splat(unsafe { *a.add(i * STEP) });
+                            let ai = $splat(unsafe { *a.wrapping_add(i * STEP) });
                             for (acc, &bv) in acc_row.iter_mut().zip(&bv) {
                                 *acc = $fma(ai, bv, *acc);
                             }

@@ -165,9 +165,10 @@ fn column_buffer_len<T: Element>(geo: &ConvGeometry) -> usize {
 
 /// Elements of the padded or phase-split copy of one image (0 for the dense layout).
 fn phased_len(geo: &ConvGeometry) -> usize {
-    let padded = pixel_tiles::layout(geo)
-        .or_else(|| wide_layout(geo))
-        .or_else(|| padded_layout(geo));
+    if let Some(input) = pixel_tiles::layout(geo) {
+        return input.copy_len(geo);
+    }
+    let padded = wide_layout(geo).or_else(|| padded_layout(geo));
     if let Some(padded) = padded.or_else(|| single_image_padded(geo)) {
         // None where the planes are the input's own (`padded_input`).
         return padded.copy_len(geo, geo.in_channels);

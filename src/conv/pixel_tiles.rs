@@ -4,18 +4,19 @@
 //! pixels in the vector lanes, so its B operand (the column matrix) is packed from the
 //! padded image, or read in place with unaligned loads. Here the tile is transposed:
 //! [`Kernel::kernel_pixels`] holds [`TILE_PIXELS`] (or [`SHORT_TILE_PIXELS`]) consecutive
-//! output pixels of one output
-//! row × `NR` output channels, broadcasts each pixel's input straight from the padded
-//! planes (stride 1 or 2: planes in column order, the kernel stepping 1 or 2 elements
-//! per pixel; a larger stride: the column phases of [`PaddedLayout`] make a row's inputs
-//! consecutive for every tap), and loads the filters as contiguous vectors from a panel
-//! packed once per call (`[K/NR][C·R·S][NR]`). The whole reduction `C·R·S` stays in
-//! registers, and the tile is written once, transposed into the NCHW output, with the
-//! bias and activation. The padding taps are skipped, as PyTorch's oneDNN kernels do: an
-//! output row at a padded edge leaves out the filter rows whose inputs are all padding
-//! (on resnet_3x3_28 a third of the work of 2 rows in 28), and a tile at a left or right
-//! edge leaves each tap column out of the pixels whose input for it is a padding column
-//! (a third of the work of 2 pixels in 28).
+//! output pixels of one output row × `NR` output channels, broadcasts each pixel's
+//! inputs straight from the input planes ([`TileInput`]: at stride 1 or 2 the image
+//! itself, the kernel stepping 1 or 2 elements per pixel; at a larger stride padded
+//! planes whose column phases make a row's inputs consecutive for every tap), and loads
+//! the filters as contiguous vectors from a panel packed once per call
+//! (`[K/NR][C·R·S][NR]`). The whole reduction `C·R·S` stays in registers, and the tile
+//! is written once, transposed into the NCHW output, with the bias and activation. The
+//! padding taps are skipped, as PyTorch's oneDNN kernels do, which is what lets the
+//! tiles read the image with no padded copy: an output row at a padded edge leaves out
+//! the filter rows whose inputs are all padding (on resnet_3x3_28 a third of the work of
+//! 2 rows in 28), and a tile at a left or right edge leaves each tap column out of the
+//! pixels whose input for it is a padding column (a third of the work of 2 pixels in
+//! 28).
 //!
 //! Taken on the AVX-512 path (f32 and f64) for ungrouped layers whose output rows split
 //! into tiles of [`TILE_PIXELS`] and of [`SHORT_TILE_PIXELS`] ([`row_tiles`]) and whose
@@ -74,6 +75,24 @@ fn row_tiles(q: usize) -> Option<(usize, usize)> {
         .filter(|&(long, short)| long + short > 0)
 }
 
+/// Input planes of a multiple of this many elements (2 KiB of f32, 4 KiB of f64) are
+/// read from a padded copy even at strides 1 and 2: at such a channel stride the taps of
+/// successive channels fall in the same few L1 sets. dilated_3x3 (64 × 64 planes, 16 KiB)
+/// read from the image ran 0.913 of its padded copy (`benches/ab.sh`, 4 rounds, Zen 4,
+/// 1 thread), where the padded planes are 68 × 68.
+const ALIASED_PLANE: usize = 512;
+
+/// `(first pixel, width)` of each tile of a row that [`row_tiles`] split into `long` and
+/// `short` tiles, in order.
+fn tiles_of_row(long: usize, short: usize) -> impl Iterator<Item = (usize, usize)> {
+    let long_tiles = (0..long).map(|t| (t * TILE_PIXELS, TILE_PIXELS));
+    let short_tiles = (0..short).map(move |t| {
+        let q0 = long * TILE_PIXELS + t * SHORT_TILE_PIXELS;
+        (q0, SHORT_TILE_PIXELS)
+    });
+    long_tiles.chain(short_tiles)
+}
+
 /// Filters must be a multiple of this (the widest panel, f32's 32).
 const FILTER_MULTIPLE: usize = 32;
 
@@ -94,16 +113,72 @@ const CHUNK_LEN: usize = CHUNK_PIXELS * FILTER_MULTIPLE;
 /// 1.05 with bands of 4–14 rows; the other layers' images (≤ 0.9 MB) changed little.
 const BAND_BYTES: usize = 320 << 10;
 
-/// The padded layout of the pixel-tile path, when `geo` takes it. At stride 2 the
-/// columns stay in order ([`PaddedLayout::unphased`]): the broadcasts need no
-/// contiguous runs, so splitting column phases would only make the copy a shuffle.
-/// Against the phased planes, paired medians of `benches/ab.sh` over 6 rounds (Intel
-/// host, `fma_peak` 175): resnet_3x3_s2 1.05 at 1 and at 2 threads (1.03–1.07 at 1),
-/// the ResNet stem 1.00, resnet_3x3_28 (stride 1, a control) 1.01. Padding band by band
-/// as well, each band just before its tiles, added nothing measurable (1.015): not kept.
-/// The copy stays bound by reading the image from memory: 11% of resnet_3x3_s2's
-/// forward in `perf record`, the kernel 83%.
-pub(crate) fn layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
+/// Where the tiles read their inputs: input `(c, tap t)` of output pixel `(p, q)` is
+/// element `c·channel_len + taps[t] + p·row_step + q·pixel_step − origin` of the planes.
+///
+/// At horizontal strides 1 and 2 the planes are the image's own (unless their size
+/// aliases in L1: [`ALIASED_PLANE`]) (`origin` the offset of
+/// its first element from the top-left padding corner): the kernel leaves out every tap
+/// whose input is padding (rows by the filter rows it keeps, columns by the edge tiles'
+/// lead and trail), so it never reads one and needs no padded copy. That copy, when the
+/// tiles read padded planes, was bound by reading the image from memory: 11 % of
+/// resnet_3x3_s2's forward in `perf record`, 1.8 % of resnet_3x3_28's. At larger strides
+/// the planes are padded and split into column phases ([`PaddedLayout::new`]), so that
+/// a pixel's inputs are consecutive; at strides 1 and 2 with aliasing planes, padded
+/// with the columns in order ([`PaddedLayout::unphased`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TileInput {
+    /// The padded planes, or `None`: the image itself.
+    padded: Option<PaddedLayout>,
+    /// Elements per channel of the planes.
+    channel_len: usize,
+    /// Elements per stored row (of one column phase when padded).
+    row_len: usize,
+    /// Elements per stored row over all column phases: what one padded row costs.
+    full_row_len: usize,
+    /// Elements between consecutive output pixels' inputs: 1 or 2.
+    pixel_step: usize,
+    /// Subtracted from every address: `pad_h·W + pad_w` for the image, 0 when padded.
+    origin: usize,
+}
+
+impl TileInput {
+    /// Elements of the padded copy of one image a task holds (0 for the image itself).
+    pub(crate) fn copy_len(&self, geo: &ConvGeometry) -> usize {
+        self.padded
+            .map_or(0, |layout| layout.copy_len(geo, geo.in_channels))
+    }
+
+    /// Offset of tap `(r, s)` of channel 0 for output pixel `(0, 0)`, before `origin`.
+    fn tap_offset(&self, geo: &ConvGeometry, r: usize, s: usize) -> usize {
+        match &self.padded {
+            Some(layout) => layout.tap_offset(geo, 0, r, s),
+            None => r * geo.h.dilation * self.row_len + s * geo.w.dilation,
+        }
+    }
+
+    /// The planes of image `x_n`: itself, or its padded copy in `buffer` (at least
+    /// [`TileInput::copy_len`] long).
+    fn planes<'a, T: Element>(
+        &self,
+        geo: &ConvGeometry,
+        x_n: &'a [T],
+        buffer: &'a mut [T],
+    ) -> &'a [T] {
+        match &self.padded {
+            Some(layout) => padded_input(geo, layout, x_n, buffer),
+            None => x_n,
+        }
+    }
+}
+
+/// The input of the pixel-tile path, when `geo` takes it. (Still only with moderate
+/// padding, where [`PaddedLayout::new`] accepts the layer, as when every stride read
+/// padded planes.) Earlier, reading padded planes at stride 2: the columns in order
+/// against split phases, paired medians of `benches/ab.sh`
+/// over 6 rounds (Intel host, `fma_peak` 175): resnet_3x3_s2 1.05 at 1 and at 2 threads,
+/// the ResNet stem 1.00; padding band by band, each band just before its tiles, 1.015.
+pub(crate) fn layout(geo: &ConvGeometry) -> Option<TileInput> {
     let kernel_has_tiles = <<f32 as Engine>::Avx512 as Kernel<f32>>::PIXEL_MR == TILE_PIXELS
         && <<f64 as Engine>::Avx512 as Kernel<f64>>::PIXEL_MR == TILE_PIXELS
         && <<f32 as Engine>::Avx512 as Kernel<f32>>::PIXEL_MR_SHORT == SHORT_TILE_PIXELS
@@ -115,13 +190,40 @@ pub(crate) fn layout(geo: &ConvGeometry) -> Option<PaddedLayout> {
         && geo.taps <= MAX_TAPS
         && row_tiles(geo.w.output).is_some_and(|(_, short)| short == 0 || geo.h.output > 1)
         && geo.out_channels.is_multiple_of(FILTER_MULTIPLE);
-    if !applies {
-        None
-    } else if geo.w.stride == 2 {
-        PaddedLayout::unphased(geo)
+    if applies { tile_input(geo) } else { None }
+}
+
+/// The [`TileInput`] of `geo` (whichever ISA runs): the image at strides 1 and 2 unless
+/// its planes are a multiple of [`ALIASED_PLANE`] elements, padded planes otherwise;
+/// `None` where [`PaddedLayout::new`] refuses the layer.
+fn tile_input(geo: &ConvGeometry) -> Option<TileInput> {
+    let padded = if geo.w.stride <= 2 && geo.in_plane.is_multiple_of(ALIASED_PLANE) {
+        // Columns in order: the broadcasts need no contiguous runs.
+        PaddedLayout::unphased(geo)?
     } else {
-        PaddedLayout::new(geo)
-    }
+        PaddedLayout::new(geo)?
+    };
+    Some(
+        if geo.w.stride <= 2 && !geo.in_plane.is_multiple_of(ALIASED_PLANE) {
+            TileInput {
+                padded: None,
+                channel_len: geo.in_plane,
+                row_len: geo.w.input,
+                full_row_len: geo.w.input,
+                pixel_step: geo.w.stride,
+                origin: geo.h.padding * geo.w.input + geo.w.padding,
+            }
+        } else {
+            TileInput {
+                padded: Some(padded),
+                channel_len: padded.channel_len,
+                row_len: padded.row_len,
+                full_row_len: padded.padded_row_len(),
+                pixel_step: padded.column_step(geo),
+                origin: 0,
+            }
+        },
+    )
 }
 
 /// Elements of the packed filters a call holds: `K·C·R·S` for a batch, none for a single
@@ -130,11 +232,11 @@ pub(crate) fn packed_len(geo: &ConvGeometry) -> usize {
     if geo.batch > 1 { geo.w_len } else { 0 }
 }
 
-/// Batched forward: one image per task, padded once into `layout`, then band by band.
+/// Batched forward: one image per task (padded once where `input` asks), band by band.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<T: Element>(
     geo: &ConvGeometry,
-    layout: &PaddedLayout,
+    input: &TileInput,
     x: &[T],
     w: &[T],
     bias: Option<&[T]>,
@@ -148,15 +250,15 @@ pub(crate) fn forward<T: Element>(
     );
     let mut packed = take_from::<T>(Slot::Weights, packed_len(geo));
     pack_filters(geo, w, nr, &mut packed);
-    let taps = tap_offsets(geo, layout);
-    let band = band_rows(geo, layout, size_of::<T>());
+    let taps = tap_offsets(geo, input);
+    let band = band_rows(geo, input, size_of::<T>());
     let panel_len = geo.col_rows * nr;
     y.par_chunks_exact_mut(y_image)
         .zip(x.par_chunks_exact(x_image))
         .for_each_init(
-            || take::<T>(layout.copy_len(geo, geo.in_channels)),
+            || take::<T>(input.copy_len(geo)),
             |buffer, (y_n, x_n)| {
-                let planes = padded_input(geo, layout, x_n, buffer);
+                let planes = input.planes(geo, x_n, buffer);
                 for row0 in (0..geo.h.output).step_by(band) {
                     let rows = row0..(row0 + band).min(geo.h.output);
                     let panels = y_n
@@ -166,7 +268,7 @@ pub(crate) fn forward<T: Element>(
                         let bias = bias.map(|b| &b[p * nr..][..nr]);
                         let work = Panel {
                             geo,
-                            layout,
+                            input,
                             planes,
                             taps: &taps,
                             panel,
@@ -186,7 +288,7 @@ pub(crate) fn forward<T: Element>(
 /// of packed filters went out to L3 and came back; one 295 KB panel stays in L2.)
 pub(crate) fn forward_single_image<T: Element>(
     geo: &ConvGeometry,
-    layout: &PaddedLayout,
+    input: &TileInput,
     x: &[T],
     w: &[T],
     bias: Option<&[T]>,
@@ -195,13 +297,14 @@ pub(crate) fn forward_single_image<T: Element>(
 ) {
     let nr = <T::Avx512 as Kernel<T>>::NR;
     let panel_len = geo.col_rows * nr;
-    let taps = tap_offsets(geo, layout);
-    let mut buffer = take::<T>(layout.copy_len(geo, geo.in_channels));
-    let planes = if layout.is_identity(geo) {
-        x
-    } else {
-        pad_in_parallel(geo, layout, x, &mut buffer);
-        &buffer[..layout.buffer_len(geo.in_channels)]
+    let taps = tap_offsets(geo, input);
+    let mut buffer = take::<T>(input.copy_len(geo));
+    let planes = match &input.padded {
+        Some(layout) if !layout.is_identity(geo) => {
+            pad_in_parallel(geo, layout, x, &mut buffer);
+            &buffer[..layout.buffer_len(geo.in_channels)]
+        }
+        _ => x,
     };
     y.par_chunks_exact_mut(nr * geo.out_plane)
         .zip(w.par_chunks_exact(panel_len))
@@ -212,7 +315,7 @@ pub(crate) fn forward_single_image<T: Element>(
             let bias = bias.map(|b| &b[p * nr..][..nr]);
             let work = Panel {
                 geo,
-                layout,
+                input,
                 planes,
                 taps: &taps,
                 panel: &panel,
@@ -262,11 +365,11 @@ fn pack_panel<T: Element>(crs: usize, nr: usize, filters: &[T], panel: &mut [T])
 
 /// Offsets of the `R·S` taps of channel 0 in the padded planes, row-major (the order of
 /// `C·R·S` within a channel), relative to output pixel `(0, 0)`.
-fn tap_offsets(geo: &ConvGeometry, layout: &PaddedLayout) -> [usize; MAX_TAPS] {
+fn tap_offsets(geo: &ConvGeometry, input: &TileInput) -> [usize; MAX_TAPS] {
     let mut taps = [0; MAX_TAPS];
     for r in 0..geo.h.kernel {
         for s in 0..geo.w.kernel {
-            taps[r * geo.w.kernel + s] = layout.tap_offset(geo, 0, r, s);
+            taps[r * geo.w.kernel + s] = input.tap_offset(geo, r, s);
         }
     }
     taps
@@ -274,15 +377,42 @@ fn tap_offsets(geo: &ConvGeometry, layout: &PaddedLayout) -> [usize; MAX_TAPS] {
 
 /// Output rows per band: as many as read at most [`BAND_BYTES`] of padded input (an
 /// output row reads `stride_h` padded rows of every channel and column phase).
-fn band_rows(geo: &ConvGeometry, layout: &PaddedLayout, elem_size: usize) -> usize {
-    let row_bytes = geo.in_channels * geo.h.stride * layout.padded_row_len() * elem_size;
+fn band_rows(geo: &ConvGeometry, input: &TileInput, elem_size: usize) -> usize {
+    let row_bytes = geo.in_channels * geo.h.stride * input.full_row_len * elem_size;
     (BAND_BYTES / row_bytes.max(1)).max(1)
+}
+
+/// Fills `table[t]` with the `[lead, trail]` pixels of the tile at output column `q0`
+/// whose input for tap `t` is a padding column, for every tap; returns whether any
+/// is (the tile is at a left or right edge). Each tap column's valid outputs are one
+/// run ([`Axis::valid_outputs`](crate::shape::Axis::valid_outputs)), so the pixels
+/// it leaves out are a lead and a trail of the tile.
+fn edge_table_of(
+    geo: &ConvGeometry,
+    q0: usize,
+    width: usize,
+    table: &mut [[u8; 2]; MAX_TAPS],
+) -> bool {
+    let axis = &geo.w;
+    let tile_end = q0 + width;
+    let mut any = false;
+    for s in 0..axis.kernel {
+        let (lo, hi) = axis.valid_outputs(s);
+        // At most `width` (≤ 14) each: they fit a u8.
+        let lead = lo.saturating_sub(q0).min(width) as u8;
+        let trail = tile_end.saturating_sub(hi).min(width) as u8;
+        any |= lead != 0 || trail != 0;
+        for r in 0..geo.h.kernel {
+            table[r * axis.kernel + s] = [lead, trail];
+        }
+    }
+    any
 }
 
 /// One panel of filters over the padded planes of one image.
 struct Panel<'a, T: Element> {
     geo: &'a ConvGeometry,
-    layout: &'a PaddedLayout,
+    input: &'a TileInput,
     planes: &'a [T],
     taps: &'a [usize; MAX_TAPS],
     /// `C·R·S × NR`, packed by [`pack_filters`].
@@ -298,9 +428,9 @@ impl<T: Element> Panel<'_, T> {
         let geo = self.geo;
         let nr = <T::Avx512 as Kernel<T>>::NR;
         let (plane, q) = (geo.out_plane, geo.w.output);
-        let (channels, channel_len) = (geo.in_channels, self.layout.channel_len);
-        let row_step = geo.h.stride * self.layout.row_len;
-        let pixel_step = self.layout.column_step(geo);
+        let (channels, channel_len) = (geo.in_channels, self.input.channel_len);
+        let row_step = geo.h.stride * self.input.row_len;
+        let (pixel_step, origin) = (self.input.pixel_step, self.input.origin);
         assert!(
             <T::Avx512 as Kernel<T>>::PIXEL_MR == TILE_PIXELS
                 && <T::Avx512 as Kernel<T>>::PIXEL_MR_SHORT == SHORT_TILE_PIXELS
@@ -311,16 +441,19 @@ impl<T: Element> Panel<'_, T> {
                 && (pixel_step == 1 || pixel_step == 2),
             "pixel tiles: operand sizes disagree"
         );
-        // The farthest input a tile reads, over all channels, taps and pixels.
+        // The farthest input a tile could read, over all channels, taps and pixels:
+        // within padded planes. The image itself holds every input a tile reads (it reads
+        // no padding), its `C` whole planes.
         let last_tap = self.taps[..geo.taps].iter().copied().max().unwrap_or(0);
         let farthest = (channels - 1) * channel_len
             + last_tap
             + (geo.h.output - 1) * row_step
             + (q - 1) * pixel_step;
-        assert!(
-            farthest < self.planes.len(),
-            "pixel tiles: planes too short"
-        );
+        let planes_hold_inputs = match self.input.padded {
+            Some(_) => farthest < self.planes.len(),
+            None => channel_len == geo.in_plane && channels * channel_len <= self.planes.len(),
+        };
+        assert!(planes_hold_inputs, "pixel tiles: planes too short");
         let mut chunk = [T::ZERO; CHUNK_LEN];
         let mut edge_table = [[0u8; 2]; MAX_TAPS];
         let row_taps = geo.w.kernel;
@@ -335,21 +468,13 @@ impl<T: Element> Panel<'_, T> {
             // The tiles of the row, `long` of 14 pixels then `short` of 8, gathered in
             // a chunk of at most CHUNK_PIXELS and written out together.
             let mut first = 0;
-            let tiles = (0..long)
-                .map(|t| (t * TILE_PIXELS, TILE_PIXELS))
-                .chain((0..short).map(|t| {
-                    (
-                        long * TILE_PIXELS + t * SHORT_TILE_PIXELS,
-                        SHORT_TILE_PIXELS,
-                    )
-                }));
-            for (q0, width) in tiles {
+            for (q0, width) in tiles_of_row(long, short) {
                 if q0 + width > first + CHUNK_PIXELS {
                     self.write(&chunk, &mut y[p * q + first..], q0 - first);
                     first = q0;
                 }
                 let at = (q0 - first) * nr;
-                let edges = if self.edges(q0, width, &mut edge_table) {
+                let edges = if edge_table_of(geo, q0, width, &mut edge_table) {
                     edge_table[tap0..].as_ptr()
                 } else {
                     std::ptr::null()
@@ -357,10 +482,18 @@ impl<T: Element> Panel<'_, T> {
                 // SAFETY: `width` is the kernel's PIXEL_MR (14) or PIXEL_MR_SHORT (8),
                 // checked above. The kernel reads `x + c·channel_len + taps[t] +
                 // i·pixel_step` (pixel_step 1 or 2, checked above) for c < channels, tap0
-                // ≤ t < tap0 + tap_count ≤ R·S, i < width (or fewer): at most `farthest`
-                // (checked above) past `planes`, since p < P and q0 + i < Q (the tiles
-                // cover the row). `edges`, when not null, points at entry tap0 of
-                // `edge_table`, whose MAX_TAPS ≥ R·S entries are each at most `width`.
+                // ≤ t < tap0 + tap_count ≤ R·S, and the i < width it keeps for tap t. In
+                // padded planes that is at most `farthest` (checked above) past
+                // `planes`, since p < P and q0 + i < Q (the tiles cover the row). In the
+                // image itself (`origin` > 0 possible) it is element `c·H·W + ih·W + iw`
+                // with `ih = p·stride_h + r·dil_h − pad_h` and `iw = (q0 + i)·stride_w +
+                // s·dil_w − pad_w` for tap t = (r, s): `ih < H` as `r` is one of the
+                // `valid_taps(p)` filter rows kept, and `iw < W` as pixel i is not in
+                // the lead or trail `edges` gives tap t (all of them kept when `edges` is
+                // null: `edge_table_of` found no pixel of the tile out of the image), so
+                // within the `C·H·W` elements checked above. `edges`, when not null,
+                // points at entry tap0 of `edge_table`, whose MAX_TAPS ≥ R·S entries are
+                // each at most `width`.
                 // The panel holds `C·R·S·NR` elements, of which it reads
                 // `(c·R·S + t)·NR + j` for those c, t and j < NR (`channel_taps` R·S);
                 // the tile's `width·NR` elements from `chunk + at` are in the chunk
@@ -377,7 +510,10 @@ impl<T: Element> Panel<'_, T> {
                         tap_count,
                         geo.taps,
                         edges,
-                        self.planes.as_ptr().add(p * row_step + q0 * pixel_step),
+                        self.planes
+                            .as_ptr()
+                            .wrapping_add(p * row_step + q0 * pixel_step)
+                            .wrapping_sub(origin),
                         pixel_step,
                         self.panel.as_ptr().add(tap0 * nr),
                         chunk.as_mut_ptr().add(at),
@@ -388,28 +524,6 @@ impl<T: Element> Panel<'_, T> {
             }
             self.write(&chunk, &mut y[p * q + first..], q - first);
         }
-    }
-
-    /// Fills `table[t]` with the `[lead, trail]` pixels of the tile at output column `q0`
-    /// whose input for tap `t` is a padding column, for every tap; returns whether any
-    /// is (the tile is at a left or right edge). Each tap column's valid outputs are one
-    /// run ([`Axis::valid_outputs`](crate::shape::Axis::valid_outputs)), so the pixels
-    /// it leaves out are a lead and a trail of the tile.
-    fn edges(&self, q0: usize, width: usize, table: &mut [[u8; 2]; MAX_TAPS]) -> bool {
-        let axis = &self.geo.w;
-        let tile_end = q0 + width;
-        let mut any = false;
-        for s in 0..axis.kernel {
-            let (lo, hi) = axis.valid_outputs(s);
-            // At most `width` (≤ 14) each: they fit a u8.
-            let lead = lo.saturating_sub(q0).min(width) as u8;
-            let trail = tile_end.saturating_sub(hi).min(width) as u8;
-            any |= lead != 0 || trail != 0;
-            for r in 0..self.geo.h.kernel {
-                table[r * axis.kernel + s] = [lead, trail];
-            }
-        }
-        any
     }
 
     /// Writes a chunk (`pixels × NR`, row-major) transposed into the panel's `NR` output
@@ -463,14 +577,20 @@ mod tests {
         assert!(layout(&geometry(8, 64, 56, 64, 1)).is_some());
         assert!(layout(&geometry(8, 128, 56, 128, 2)).is_some());
         assert!(layout(&geometry(1, 256, 14, 256, 1)).is_some());
-        // Stride 2 keeps the columns in order, the kernel stepping two elements per
-        // pixel; stride 3 splits them into phases, one element per pixel.
-        let s2 = geometry(8, 128, 56, 128, 2);
-        assert_eq!(layout(&s2).map(|l| l.column_step(&s2)), Some(2));
-        let s3 = geometry(2, 8, 42, 32, 3);
-        assert_eq!(layout(&s3).map(|l| l.column_step(&s3)), Some(1));
+        // Strides 1 and 2 read the image itself (no copy), the kernel stepping one or
+        // two elements per pixel; stride 3 reads padded planes split into phases, one
+        // element per pixel.
+        let step_and_copy =
+            |geo: &ConvGeometry| layout(geo).map(|l| (l.pixel_step, l.copy_len(geo)));
         let s1 = geometry(8, 64, 56, 64, 1);
-        assert_eq!(layout(&s1).map(|l| l.column_step(&s1)), Some(1));
+        assert_eq!(step_and_copy(&s1), Some((1, 0)));
+        let s2 = geometry(8, 128, 56, 128, 2);
+        assert_eq!(step_and_copy(&s2), Some((2, 0)));
+        let s3 = geometry(2, 8, 42, 32, 3);
+        assert!(step_and_copy(&s3).is_some_and(|(step, copy)| step == 1 && copy > 0));
+        // 64 × 64 planes (16 KiB of f32) alias in L1: copied, padded, columns in order.
+        let aliased = geometry(8, 64, 64, 64, 2);
+        assert!(step_and_copy(&aliased).is_some_and(|(step, copy)| step == 2 && copy > 0));
         // Padding rows deeper than the filter (the battery's `pixel_tiles_rows_of_padding`).
         let deep = ConvGeometry::new(&Conv2dSpec {
             batch: 2,
@@ -502,7 +622,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert!(layout(&pointwise).is_some_and(|l| l.is_identity(&pointwise)));
+        assert!(layout(&pointwise).is_some_and(|l| l.copy_len(&pointwise) == 0));
         // A single output row needs a multiple of 14 (audio_1x9's 4000 is not).
         let audio = |w: usize| {
             ConvGeometry::new(&Conv2dSpec {
@@ -597,5 +717,81 @@ mod tests {
                 assert_eq!(a.to_bits(), b.to_bits(), "{infinite_tap:?}: output {i}");
             }
         }
+    }
+
+    /// The inputs a tile reads when the tiles read the image itself: over small layers
+    /// (strides 1 and 2, padding 0–3, dilation 1–2, filters 1–5 wide, rows of 8 to 30
+    /// pixels), the address `Panel::run` and the kernel compute for every kept filter
+    /// row, tap and pixel of every tile is the image element `(ih, iw)` of that tap,
+    /// inside the image; and every tap left out (a filter row, or a pixel in an edge
+    /// tile's lead or trail) is one whose input is padding. Independent of the ISA.
+    #[test]
+    fn tiles_read_only_the_image() {
+        let mut layers = 0;
+        for (w, k, stride, pad, dil) in (8..31)
+            .flat_map(|w| (1..6).map(move |k| (w, k)))
+            .flat_map(|(w, k)| (1..3).map(move |st| (w, k, st)))
+            .flat_map(|(w, k, st)| (0..4).map(move |pd| (w, k, st, pd)))
+            .flat_map(|(w, k, st, pd)| (1..3).map(move |dl| (w, k, st, pd, dl)))
+        {
+            let spec = Conv2dSpec {
+                batch: 1,
+                in_channels: 2,
+                in_h: 4,
+                in_w: w,
+                out_channels: 32,
+                kernel: [k, k],
+                stride: [stride, stride],
+                padding: [pad, pad],
+                dilation: [dil, dil],
+                ..Default::default()
+            };
+            let Ok(geo) = ConvGeometry::new(&spec) else {
+                continue;
+            };
+            let (Some((long, short)), Some(input)) = (row_tiles(geo.w.output), tile_input(&geo))
+            else {
+                continue;
+            };
+            assert!(input.padded.is_none() && input.copy_len(&geo) == 0);
+            layers += 1;
+            let taps = tap_offsets(&geo, &input);
+            let row_step = stride * input.row_len;
+            let mut table = [[0u8; 2]; MAX_TAPS];
+            let inside = |i: isize, n: usize| (0..n as isize).contains(&i);
+            for c in 0..2 {
+                for p in 0..geo.h.output {
+                    let rows = geo.h.valid_taps(p);
+                    for (q0, width) in tiles_of_row(long, short) {
+                        let edges = edge_table_of(&geo, q0, width, &mut table);
+                        for (t, &tap) in taps[..geo.taps].iter().enumerate() {
+                            let (r, s) = (t / k, t % k);
+                            let [lead, trail] = table[t].map(usize::from);
+                            for i in 0..width {
+                                let ih = (p * stride + r * dil) as isize - pad as isize;
+                                let iw = ((q0 + i) * stride + s * dil) as isize - pad as isize;
+                                let kept = rows.contains(&r)
+                                    && (!edges || (i >= lead && i + trail < width));
+                                let in_image = inside(ih, geo.h.input) && inside(iw, geo.w.input);
+                                assert_eq!(kept, in_image, "{spec:?} p {p} q {} t {t}", q0 + i);
+                                if kept {
+                                    let address = (c * input.channel_len
+                                        + tap
+                                        + p * row_step
+                                        + (q0 + i) * input.pixel_step)
+                                        as isize
+                                        - input.origin as isize;
+                                    let element = (c * geo.in_plane) as isize
+                                        + ih * geo.w.input as isize
+                                        + iw;
+                                    assert_eq!(address, element, "{spec:?} p {p} t {t}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(layers > 300, "{layers} layers checked");
     }
 }
