@@ -75,12 +75,17 @@ fn row_tiles(q: usize) -> Option<(usize, usize)> {
         .filter(|&(long, short)| long + short > 0)
 }
 
-/// Input planes of a multiple of this many elements (2 KiB of f32, 4 KiB of f64) are
-/// read from a padded copy even at strides 1 and 2: at such a channel stride the taps of
-/// successive channels fall in the same few L1 sets. dilated_3x3 (64 × 64 planes, 16 KiB)
-/// read from the image ran 0.913 of its padded copy (`benches/ab.sh`, 4 rounds, Zen 4,
-/// 1 thread), where the padded planes are 68 × 68.
+/// Input planes of a multiple of this many elements (2 KiB of f32, 4 KiB of f64), in more
+/// than [`L1_WAYS`] channels, are read from a padded copy even at strides 1 and 2: at
+/// such a channel stride the taps of successive channels fall in the same few L1 sets,
+/// more of them than a set holds. dilated_3x3 (64 channels of 64 × 64, 16 KiB) read from
+/// the image ran 0.913 of its padded copy (`benches/ab.sh`, 4 rounds, Zen 4, 1 thread;
+/// the padded planes are 68 × 68), twice; the stem (3 channels of 224 × 224) 1.024.
 const ALIASED_PLANE: usize = 512;
+
+/// Ways of an L1 data cache set (Zen 4 8, recent Intel 12): the channels whose taps may
+/// share a set without evicting each other.
+const L1_WAYS: usize = 8;
 
 /// `(first pixel, width)` of each tile of a row that [`row_tiles`] split into `long` and
 /// `short` tiles, in order.
@@ -194,36 +199,35 @@ pub(crate) fn layout(geo: &ConvGeometry) -> Option<TileInput> {
 }
 
 /// The [`TileInput`] of `geo` (whichever ISA runs): the image at strides 1 and 2 unless
-/// its planes are a multiple of [`ALIASED_PLANE`] elements, padded planes otherwise;
+/// its planes alias ([`ALIASED_PLANE`]), padded planes otherwise;
 /// `None` where [`PaddedLayout::new`] refuses the layer.
 fn tile_input(geo: &ConvGeometry) -> Option<TileInput> {
-    let padded = if geo.w.stride <= 2 && geo.in_plane.is_multiple_of(ALIASED_PLANE) {
+    let aliased = geo.in_plane.is_multiple_of(ALIASED_PLANE) && geo.in_channels > L1_WAYS;
+    let padded = if geo.w.stride <= 2 && aliased {
         // Columns in order: the broadcasts need no contiguous runs.
         PaddedLayout::unphased(geo)?
     } else {
         PaddedLayout::new(geo)?
     };
-    Some(
-        if geo.w.stride <= 2 && !geo.in_plane.is_multiple_of(ALIASED_PLANE) {
-            TileInput {
-                padded: None,
-                channel_len: geo.in_plane,
-                row_len: geo.w.input,
-                full_row_len: geo.w.input,
-                pixel_step: geo.w.stride,
-                origin: geo.h.padding * geo.w.input + geo.w.padding,
-            }
-        } else {
-            TileInput {
-                padded: Some(padded),
-                channel_len: padded.channel_len,
-                row_len: padded.row_len,
-                full_row_len: padded.padded_row_len(),
-                pixel_step: padded.column_step(geo),
-                origin: 0,
-            }
-        },
-    )
+    Some(if geo.w.stride <= 2 && !aliased {
+        TileInput {
+            padded: None,
+            channel_len: geo.in_plane,
+            row_len: geo.w.input,
+            full_row_len: geo.w.input,
+            pixel_step: geo.w.stride,
+            origin: geo.h.padding * geo.w.input + geo.w.padding,
+        }
+    } else {
+        TileInput {
+            padded: Some(padded),
+            channel_len: padded.channel_len,
+            row_len: padded.row_len,
+            full_row_len: padded.padded_row_len(),
+            pixel_step: padded.column_step(geo),
+            origin: 0,
+        }
+    })
 }
 
 /// Elements of the packed filters a call holds: `K·C·R·S` for a batch, none for a single
