@@ -350,3 +350,34 @@ fn depthwise_stride_wider_than_the_row() {
     // Small integers and quarters: every product and sum is exact.
     assert_eq!(y, want);
 }
+
+/// Found by `conv_never_panics` in CI: splitting an output row into pixel tiles of 14 and
+/// 8 tried every count of long tiles, one by one, so planning a layer `2^40` pixels wide
+/// (valid, if never allocated) with an odd width spun for hours on the AVX-512 path. The split now tries the
+/// four counts that can differ (`row_tiles`). Planning such layers returns at once.
+#[test]
+fn pixel_tiles_of_an_astronomically_wide_row() {
+    // Odd widths have no split: the old loop ran through all 2^40 / 14 counts.
+    for in_w in [(1usize << 40) + 1, (1 << 40) + 6, (1 << 44) + 3] {
+        let spec = Conv2dSpec {
+            batch: 2,
+            // 8 channels: a reduction (72) too long for the direct kernel, which would
+            // take the layer before pixel tiles are asked.
+            in_channels: 8,
+            in_h: 3,
+            in_w,
+            out_channels: 32,
+            kernel: [3, 3],
+            padding: [1, 1],
+            ..Default::default()
+        };
+        if let Ok(conv) = Conv2d::new(spec) {
+            for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardWeights] {
+                let _ = conv.workspace::<f32>(pass);
+                let _ = conv.workspace::<f64>(pass);
+            }
+            let mut y = [0.0f32; 4];
+            assert!(conv.forward(&[1.0], &[1.0; 2304], None, &mut y).is_err());
+        }
+    }
+}
