@@ -126,11 +126,11 @@ const BAND_BYTES: usize = 320 << 10;
 /// Where the tiles read their inputs: input `(c, tap t)` of output pixel `(p, q)` is
 /// element `c·channel_len + taps[t] + p·row_step + q·pixel_step − origin` of the planes.
 ///
-/// At horizontal strides 1 and 2 the planes are the image's own (unless their size
-/// aliases in L1: [`ALIASED_PLANE`]) (`origin` the offset of
-/// its first element from the top-left padding corner): the kernel leaves out every tap
-/// whose input is padding (rows by the filter rows it keeps, columns by the edge tiles'
-/// lead and trail), so it never reads one and needs no padded copy. That copy, when the
+/// At horizontal strides 1 and 2 the planes are the image's own, `origin` the offset
+/// of its first element from the top-left padding corner (unless the planes alias in
+/// L1: [`ALIASED_PLANE`]): the kernel leaves out every tap whose input is padding (rows
+/// by the filter rows it keeps, columns by the edge tiles' lead and trail), so it never
+/// reads one and needs no padded copy. That copy, when the
 /// tiles read padded planes, was bound by reading the image from memory: 11 % of
 /// resnet_3x3_s2's forward in `perf record`, 1.8 % of resnet_3x3_28's. At larger strides
 /// the planes are padded and split into column phases ([`PaddedLayout::new`]), so that
@@ -185,9 +185,9 @@ impl TileInput {
 /// The input of the pixel-tile path, when `geo` takes it. (Still only with moderate
 /// padding, where [`PaddedLayout::new`] accepts the layer, as when every stride read
 /// padded planes.) Earlier, reading padded planes at stride 2: the columns in order
-/// against split phases, paired medians of `benches/ab.sh`
-/// over 6 rounds (Intel host, `fma_peak` 175): resnet_3x3_s2 1.05 at 1 and at 2 threads,
-/// the ResNet stem 1.00; padding band by band, each band just before its tiles, 1.015.
+/// against split phases, paired medians of `benches/ab.sh` over 6 rounds (Intel host,
+/// `fma_peak` 175): resnet_3x3_s2 1.05 at 1 and at 2 threads, the ResNet stem 1.00;
+/// padding band by band, each band just before its tiles, 1.015.
 pub(crate) fn layout(geo: &ConvGeometry) -> Option<TileInput> {
     let kernel_has_tiles = <<f32 as Engine>::Avx512 as Kernel<f32>>::PIXEL_MR == TILE_PIXELS
         && <<f64 as Engine>::Avx512 as Kernel<f64>>::PIXEL_MR == TILE_PIXELS
