@@ -558,8 +558,9 @@ mod tests {
     use super::*;
     use crate::Conv2dSpec;
 
-    fn geometry(n: usize, c: usize, hw: usize, k: usize, stride: usize) -> ConvGeometry {
-        let spec = Conv2dSpec {
+    /// A 3 × 3 layer with padding 1 on `hw × hw` images.
+    fn spec3x3(n: usize, c: usize, hw: usize, k: usize, stride: usize) -> Conv2dSpec {
+        Conv2dSpec {
             batch: n,
             in_channels: c,
             in_h: hw,
@@ -569,8 +570,11 @@ mod tests {
             stride: [stride, stride],
             padding: [1, 1],
             ..Default::default()
-        };
-        ConvGeometry::new(&spec).unwrap()
+        }
+    }
+
+    fn geometry(n: usize, c: usize, hw: usize, k: usize, stride: usize) -> ConvGeometry {
+        ConvGeometry::new(&spec3x3(n, c, hw, k, stride)).unwrap()
     }
 
     /// The suite's 3 × 3 ResNet layers take the path on the AVX-512 path (so the test
@@ -698,22 +702,13 @@ mod tests {
         if isa() != Isa::Avx512 {
             return;
         }
+        let spec = spec3x3(2, 8, 28, 32, 1);
+        let geo = ConvGeometry::new(&spec).unwrap();
+        assert!(
+            super::super::direct_forward::layout(&geo).is_none() && layout(&geo).is_some(),
+            "the shape takes pixel tiles"
+        );
         for infinite_tap in [(0, 0), (1, 2)] {
-            let geo = geometry(2, 8, 28, 32, 1);
-            assert!(
-                super::super::direct_forward::layout(&geo).is_none() && layout(&geo).is_some(),
-                "the shape takes pixel tiles"
-            );
-            let spec = Conv2dSpec {
-                batch: 2,
-                in_channels: 8,
-                in_h: 28,
-                in_w: 28,
-                out_channels: 32,
-                kernel: [3, 3],
-                padding: [1, 1],
-                ..Default::default()
-            };
             let x: Vec<f32> = (0..geo.x_len).map(|i| (1 + i % 5) as f32).collect();
             let mut w: Vec<f32> = (0..geo.w_len).map(|i| (1 + i % 3) as f32).collect();
             for k in 0..32 {
